@@ -1,0 +1,28 @@
+"""Errors a user can hit. Each message names what is wrong and the fix."""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """Base of the connector's own errors: the message is meant for a person."""
+
+
+class ConfigError(ConnectorError):
+    """Settings are missing, malformed or inconsistent with a service (e.g. label config)."""
+
+
+class ServiceUnavailable(ConnectorError):
+    """A service (Label Studio, object storage) cannot be reached after retries."""
+
+
+class AuthError(ConnectorError):
+    """A service rejected the credentials (wrong or expired token, bad keys)."""
+
+
+class BadItem(ConnectorError):
+    """One pool item cannot be used (corrupt, missing, not an image); it is quarantined."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason

@@ -1,0 +1,70 @@
+"""The learner the round logic sees: fit, evaluate, score, save, load.
+
+``cycle`` depends on the ``Learner`` protocol only, so unit tests can drive rounds with a
+fast learner; ``TorchLearner`` is the real one over ``training`` and ``scoring``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from strategies import PoolOutputs
+
+ImageRef = bytes | Path
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Pool scoring output: ``outputs`` (with ids) and the unreadable items."""
+
+    outputs: PoolOutputs
+    failures: list[tuple[str, str]]
+
+
+class Learner(Protocol):
+    def fit(
+        self,
+        images: Sequence[ImageRef],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        *,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Train a new model on the labeled set; returns an opaque model."""
+        ...
+
+    def init_model(self, classes: Sequence[str], *, seed: int) -> Any:
+        """An untrained model (pretrained backbone when configured), for cold starts."""
+        ...
+
+    def evaluate(
+        self, model: Any, images: Sequence[ImageRef], labels: Sequence[int]
+    ) -> dict[str, Any]:
+        """Metrics on a labeled set: at least ``accuracy`` and ``n``."""
+        ...
+
+    def score(
+        self,
+        model: Any,
+        items: Iterable[tuple[str, bytes | Exception]],
+        *,
+        with_embeddings: bool,
+        progress: Progress | None = None,
+    ) -> Scored:
+        """Probabilities (and embeddings) of pool items; bad items become failures."""
+        ...
+
+    def embed_labeled(self, model: Any, images: Sequence[ImageRef]) -> np.ndarray:
+        """Embeddings ``[M, D]`` of labeled items, for diversity strategies."""
+        ...
+
+    def save(self, model: Any, path: Path, extra: dict[str, Any]) -> None: ...
+
+    def load(self, path: Path) -> Any: ...

@@ -1,0 +1,184 @@
+"""Per-round reports: what was chosen and why, how the model does, whether to stop.
+
+Each round writes ``rounds/NNNN/``: ``selection.json`` (ranked items with scores and
+prelabels), ``diagnostics.json`` (acquisition-score statistics over all candidates),
+``scores.png`` (their histogram, chosen items marked), and, once trained, ``model.pt``.
+``rounds/report.json`` and ``rounds/learning_curve.png`` summarise all rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connector.state import Round, SelectedItem, StateDB, iso
+from strategies import PoolOutputs, Selection, Strategy
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _entropy_N(probs_N_C: np.ndarray) -> np.ndarray:
+    p = np.clip(probs_N_C.astype(np.float64), 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1)
+
+
+def score_diagnostics(strategy: Strategy, pool: PoolOutputs, sel: Selection) -> dict[str, Any]:
+    """Statistics of the acquisition scores over all candidates, and of the pool's
+    predictive uncertainty (signals for stopping: when the pool's mean max-probability
+    stops rising and few items remain uncertain, more labels buy little; Zhu et al. 2008,
+    "Confidence-based stopping criteria for active learning").
+    """
+    out: dict[str, Any] = {}
+    if pool.n == 0:
+        return out
+    probs_N_C = pool.probs_N_K_C.mean(axis=1)
+    conf = probs_N_C.max(axis=1).astype(np.float64)
+    ent = _entropy_N(probs_N_C)
+    out["pool_mean_confidence"] = float(conf.mean())
+    out["pool_mean_entropy"] = float(ent.mean())
+    out["pool_fraction_confidence_below_0.9"] = float((conf < 0.9).mean())
+    scorer = getattr(strategy, "score", None)
+    scores: np.ndarray | None = None
+    if callable(scorer):
+        try:
+            scores = np.asarray(scorer(pool), dtype=np.float64)
+        except (ValueError, TypeError) as exc:  # a strategy with no per-item score
+            log.debug("no per-item scores for %s: %s", strategy.name, exc)
+    if scores is not None and scores.shape == (pool.n,):
+        counts, edges = np.histogram(scores, bins=20)
+        chosen = scores[sel.indices] if len(sel) else np.empty(0)
+        out["score_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist()}
+        out["score_mean_pool"] = float(scores.mean())
+        out["score_mean_selected"] = float(chosen.mean()) if chosen.size else None
+        # Where the chosen items sit among all candidates (1.0 = the very top).
+        ranks = scores.argsort().argsort() / max(1, pool.n - 1)
+        out["selected_mean_percentile"] = float(ranks[sel.indices].mean()) if len(sel) else None
+        out["pool_scores"] = scores
+    return out
+
+
+def write_selection(
+    round_dir: Path, rnd: Round, selected: Sequence[SelectedItem], diagnostics: dict[str, Any]
+) -> None:
+    items = [
+        {
+            "rank": s.rank,
+            "item_id": s.item_id,
+            "split": s.split,
+            "score": s.score,
+            "predicted_label": s.predicted_label,
+            "confidence": s.confidence,
+        }
+        for s in selected
+    ]
+    write_json(
+        round_dir / "selection.json",
+        {"round": rnd.round, "strategy": rnd.strategy, "params": rnd.params, "items": items},
+    )
+    diag = {k: v for k, v in diagnostics.items() if k != "pool_scores"}
+    write_json(round_dir / "diagnostics.json", diag)
+    pool_scores = diagnostics.get("pool_scores")
+    if pool_scores is not None:
+        chosen = [s.score for s in selected if s.score is not None]
+        _plot_scores(round_dir / "scores.png", np.asarray(pool_scores), chosen, rnd)
+
+
+def _plot_scores(path: Path, scores: np.ndarray, chosen: list[float], rnd: Round) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(scores, bins=40, color="#8da0cb", label=f"candidates (n={scores.size})")
+    if chosen:
+        ax.hist(chosen, bins=40, color="#fc8d62", alpha=0.8, label=f"selected (n={len(chosen)})")
+    ax.set_xlabel(f"acquisition score ({rnd.strategy})")
+    ax.set_ylabel("items")
+    ax.set_title(f"round {rnd.round}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summarise(state: StateDB, rounds_dir: Path) -> dict[str, Any]:
+    """All rounds' figures, written to ``rounds/report.json`` and a learning curve PNG."""
+    rows = []
+    for rnd in state.rounds():
+        val = rnd.metrics.get("validation") or {}
+        rows.append(
+            {
+                "round": rnd.round,
+                "phase": rnd.phase.value,
+                "strategy": rnd.strategy,
+                "model_version": rnd.model_version,
+                "started_at": iso(rnd.started_at),
+                "labels": rnd.metrics.get("labels"),
+                "n_train": rnd.metrics.get("n_train"),
+                "validation_accuracy": val.get("accuracy"),
+                "validation_n": val.get("n"),
+                "pool_mean_confidence": (rnd.metrics.get("selection") or {}).get(
+                    "pool_mean_confidence"
+                ),
+            }
+        )
+    summary = {"rounds": rows, "stopping": stopping_signals(rows)}
+    write_json(rounds_dir / "report.json", summary)
+    points: list[tuple[int, float]] = [
+        (int(r["n_train"]), float(r["validation_accuracy"]))
+        for r in rows
+        if r["n_train"] and r["validation_accuracy"] is not None
+    ]
+    if len(points) >= 2:
+        _plot_curve(rounds_dir / "learning_curve.png", points)
+    return summary
+
+
+def stopping_signals(rows: list[dict[str, Any]], window: int = 3, tol: float = 0.005) -> dict:
+    """Plateau of validation accuracy over the last ``window`` rounds (gain < ``tol``)."""
+    acc = [r["validation_accuracy"] for r in rows if r.get("validation_accuracy") is not None]
+    out: dict[str, Any] = {"rounds_with_accuracy": len(acc)}
+    if len(acc) > window:
+        gain = acc[-1] - max(acc[-window - 1 : -1])
+        out["recent_gain"] = gain
+        out["plateau"] = bool(gain < tol)
+    return out
+
+
+def _plot_curve(path: Path, points: list[tuple[int, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, ys = zip(*points, strict=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, ys, marker="o")
+    ax.set_xlabel("training labels")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("learning curve (random validation split)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
