@@ -93,6 +93,8 @@ class RoundEngine:
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.progress = progress
         self.rounds_dir = settings.rounds_dir()
+        #: Asked between phases: True stops at that safe point (the daemon's first signal).
+        self.should_stop: Callable[[], bool] = lambda: False
 
     # -------------------------------------------------------------- polling jobs
     def poll_labels(self) -> dict[str, int]:
@@ -207,7 +209,7 @@ class RoundEngine:
             rnd = self.state.get_round(number)
             assert rnd is not None
             handler = handlers.get(rnd.phase)
-            if handler is None:
+            if handler is None or self.should_stop():
                 return rnd
             t0 = time.perf_counter()
             try:

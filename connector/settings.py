@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -97,6 +97,11 @@ class StorageSettings(_Section):
         "/data/local-files/?d={path}",
         description="How Label Studio reaches a local pool file ({path} is relative to "
         "Label Studio's LOCAL_FILES_DOCUMENT_ROOT).",
+    )
+    local_document_root: Path | None = Field(
+        None,
+        description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (a parent of local_root); "
+        "unset = local_root.",
     )
     connect_label_studio: bool = Field(
         True,
@@ -304,7 +309,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return base / p
 
     state = settings.state.model_copy(update={"dir": fix(settings.state.dir)})
-    storage = settings.storage.model_copy(update={"local_root": fix(settings.storage.local_root)})
+    storage = settings.storage.model_copy(update={
+        "local_root": fix(settings.storage.local_root),
+        "local_document_root": fix(settings.storage.local_document_root),
+    })
     ls = settings.label_studio.model_copy(
         update={"token_file": fix(settings.label_studio.token_file)}
     )
@@ -417,6 +425,8 @@ def _fmt_default(value: Any) -> str:
 
 
 def _fmt_type(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return " or ".join(f"`{a}`" for a in get_args(annotation))
     text = getattr(annotation, "__name__", None) or str(annotation)
     text = text.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
     return text.replace("|", "or")

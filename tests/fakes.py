@@ -17,8 +17,13 @@ import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
+from connector.cache import LabeledCache
+from connector.cycle import Ports, RoundEngine
+from connector.datasets import DIGIT_CLASSES
 from connector.learner import ImageRef, Progress, Scored
 from connector.ports import ObjectInfo, PollResult, ProjectInfo, TaskLabelState, TaskToPush
+from connector.settings import Settings
+from connector.state import StateDB
 from strategies import PoolOutputs
 
 
@@ -212,3 +217,47 @@ class PixelLearner:
         import pickle
 
         return pickle.loads(path.read_bytes())
+
+
+# ------------------------------------------------- an engine wired to the fakes
+
+
+def make_settings(tmp_path: Path, **over: Any) -> Settings:
+    data: dict[str, Any] = {
+        "storage": {"kind": "local", "local_root": str(tmp_path / "pool")},
+        "state": {"dir": str(tmp_path / "state")},
+        "strategy": {"name": "random", "batch_size": 20},
+        "validation": {"size": 30},
+        "labels": {"classes": list(DIGIT_CLASSES)},
+    }
+    for section, values in over.items():
+        data.setdefault(section, {}).update(values)
+    return Settings(**data)
+
+
+def build(
+    tmp_path: Path, objects: dict[str, bytes], **over: Any
+) -> tuple[RoundEngine, FakeLabeling, PixelLearner]:
+    settings = make_settings(tmp_path, **over)
+    labeling = FakeLabeling(DIGIT_CLASSES)
+    learner = PixelLearner()
+    ports = Ports(
+        StateDB(settings.db_path()),
+        MemoryStore(objects),
+        labeling,
+        LabeledCache(settings.cache_dir(), max_bytes=50_000_000),
+    )
+    return RoundEngine(settings, ports, learner, DIGIT_CLASSES), labeling, learner
+
+
+def label_all(labeling: FakeLabeling, truth: dict[str, str], skip_every: int = 0) -> None:
+    for n, (item, task) in enumerate(sorted(labeling.tasks.items())):
+        if task.status != "unlabeled":
+            continue
+        if item not in truth:  # an unreadable image: the annotator skips it
+            labeling.annotate(item, "skipped")
+            continue
+        if skip_every and n % skip_every == 0:
+            labeling.annotate(item, "skipped")
+        else:
+            labeling.annotate(item, "labeled", truth[item])

@@ -7,61 +7,9 @@ from typing import Any
 
 import pytest
 
-from connector.cache import LabeledCache
-from connector.cycle import Ports, RoundEngine
-from connector.datasets import DIGIT_CLASSES, digit_png, digits_arrays
-from connector.settings import Settings
-from connector.state import Phase, StateDB
-from tests.fakes import FakeLabeling, MemoryStore, PixelLearner
-
-
-def make_settings(tmp_path: Path, **over: Any) -> Settings:
-    data: dict[str, Any] = {
-        "storage": {"kind": "local", "local_root": str(tmp_path / "pool")},
-        "state": {"dir": str(tmp_path / "state")},
-        "strategy": {"name": "random", "batch_size": 20},
-        "validation": {"size": 30},
-        "labels": {"classes": list(DIGIT_CLASSES)},
-    }
-    for section, values in over.items():
-        data.setdefault(section, {}).update(values)
-    return Settings(**data)
-
-
-@pytest.fixture(scope="module")
-def digit_objects() -> tuple[dict[str, bytes], dict[str, str]]:
-    images, labels = digits_arrays()
-    objects = {f"d{i:04d}.png": digit_png(images[i]) for i in range(240)}
-    truth = {f"d{i:04d}.png": str(labels[i]) for i in range(240)}
-    return objects, truth
-
-
-def build(
-    tmp_path: Path, objects: dict[str, bytes], **over: Any
-) -> tuple[RoundEngine, FakeLabeling, PixelLearner]:
-    settings = make_settings(tmp_path, **over)
-    labeling = FakeLabeling(DIGIT_CLASSES)
-    learner = PixelLearner()
-    ports = Ports(
-        StateDB(settings.db_path()),
-        MemoryStore(objects),
-        labeling,
-        LabeledCache(settings.cache_dir(), max_bytes=50_000_000),
-    )
-    return RoundEngine(settings, ports, learner, DIGIT_CLASSES), labeling, learner
-
-
-def label_all(labeling: FakeLabeling, truth: dict[str, str], skip_every: int = 0) -> None:
-    for n, (item, task) in enumerate(sorted(labeling.tasks.items())):
-        if task.status != "unlabeled":
-            continue
-        if item not in truth:  # an unreadable image: the annotator skips it
-            labeling.annotate(item, "skipped")
-            continue
-        if skip_every and n % skip_every == 0:
-            labeling.annotate(item, "skipped")
-        else:
-            labeling.annotate(item, "labeled", truth[item])
+from connector.datasets import DIGIT_CLASSES
+from connector.state import Phase
+from tests.fakes import build, label_all
 
 
 def test_rounds_push_unique_items_and_learn(tmp_path: Path, digit_objects: Any) -> None:

@@ -1,0 +1,139 @@
+"""Wiring: builds the ports, the learner and the engine from settings.
+
+Kept apart from ``cli`` so tests and the demo build the same objects the daemon runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from connector.cache import LabeledCache
+from connector.cycle import Ports, RoundEngine
+from connector.datasets import image_classification_config
+from connector.errors import ConfigError
+from connector.labelstudio import LabelStudioAdapter
+from connector.learner import Learner
+from connector.ports import ObjectStore, ProjectInfo
+from connector.settings import Settings
+from connector.state import StateDB
+from connector.storage import LocalStore, S3Store
+
+log = logging.getLogger(__name__)
+
+PROJECT_META = "label_studio_project_id"
+
+
+def open_store(settings: Settings) -> S3Store | LocalStore:
+    s = settings.storage
+    if s.kind == "s3":
+        assert s.bucket is not None  # validated by StorageSettings
+        return S3Store(
+            s.bucket,
+            s.prefix,
+            endpoint_url=s.endpoint_url,
+            region=s.region,
+            access_key_id=s.access_key_id.get_secret_value() if s.access_key_id else None,
+            secret_access_key=(
+                s.secret_access_key.get_secret_value() if s.secret_access_key else None
+            ),
+        )
+    assert s.local_root is not None
+    return LocalStore(
+        s.local_root,
+        url_template=s.local_url_template or None,
+        document_root=s.local_document_root,
+    )
+
+
+def open_labeling(
+    settings: Settings, state: StateDB | None = None, store: ObjectStore | None = None
+) -> tuple[LabelStudioAdapter, ProjectInfo]:
+    """The Label Studio adapter on the configured project, created if needed."""
+    ls = settings.label_studio
+    token = ls.resolved_token().get_secret_value()
+    project_id = ls.project_id
+    if project_id is None and state is not None:
+        remembered = state.get_meta(PROJECT_META)
+        project_id = int(remembered) if remembered else None
+    if project_id is None:
+        if not settings.labels.classes:
+            raise ConfigError(
+                "label_studio.project_id is not set and labels.classes is empty, so no "
+                "project can be created; set one of them"
+            )
+        project_id = LabelStudioAdapter.find_or_create_project(
+            ls.url, token, ls.project_title,
+            image_classification_config(settings.labels.classes),
+        )
+        log.info("using Label Studio project %d (%s)", project_id, ls.project_title)
+        if (
+            settings.storage.kind == "s3"
+            and settings.storage.connect_label_studio
+            and isinstance(store, S3Store)
+        ):
+            adapter0 = _adapter(settings, token, project_id)
+            adapter0.connect_source_storage(**_storage_connection(settings))
+    if state is not None:
+        state.set_meta(PROJECT_META, str(project_id))
+    adapter = _adapter(settings, token, project_id)
+    classes = settings.labels.classes or None
+    info = adapter.check_project(classes if classes is not None else [])
+    return adapter, info
+
+
+def _adapter(settings: Settings, token: str, project_id: int) -> LabelStudioAdapter:
+    ls = settings.label_studio
+    return LabelStudioAdapter(
+        ls.url, token, project_id,
+        image_field=ls.image_field,
+        choices_name=ls.choices_name,
+        label_map=settings.labels.map or None,
+        import_chunk_size=ls.import_chunk_size,
+        multi_annotation=ls.multi_annotation,
+        timeout_s=ls.timeout_s,
+    )
+
+
+def _storage_connection(settings: Settings) -> dict[str, Any]:
+    s = settings.storage
+    return {
+        "bucket": s.bucket,
+        "prefix": s.prefix,
+        "endpoint": s.endpoint_url,
+        "region": s.region,
+        "access_key_id": s.access_key_id.get_secret_value() if s.access_key_id else None,
+        "secret_access_key": (
+            s.secret_access_key.get_secret_value() if s.secret_access_key else None
+        ),
+    }
+
+
+def classes_for(settings: Settings, info: ProjectInfo) -> list[str]:
+    """Model classes: the settings' list, else the project's choices through the map."""
+    if settings.labels.classes:
+        return list(settings.labels.classes)
+    mapped = [settings.labels.map.get(c, c) for c in info.choices]
+    return list(dict.fromkeys(mapped))
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: RoundEngine
+    project: ProjectInfo
+
+
+def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
+    state = StateDB(settings.db_path())
+    store = open_store(settings)
+    labeling, info = open_labeling(settings, state, store)
+    classes = classes_for(settings, info)
+    cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))
+    if learner is None:
+        from connector.torch_learner import TorchLearner
+
+        learner = TorchLearner.from_settings(settings)
+    engine = RoundEngine(settings, Ports(state, store, labeling, cache), learner, classes)
+    return App(settings, engine, info)

@@ -1,0 +1,178 @@
+"""The ``al-connector`` command: run, check, status, simulate, demo, settings-doc.
+
+Exit codes: 0 ok, 1 a failed check or a runtime error, 2 bad settings or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from connector.errors import ConfigError, ConnectorError
+from connector.settings import Settings, load_settings, settings_reference
+
+log = logging.getLogger("connector")
+
+config_option = click.option(
+    "--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
+    help="Settings TOML file (default: $ALC_CONFIG). Environment ALC_* variables override it.",
+)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Label Studio's SDK and botocore are chatty at INFO; their warnings still show.
+    for noisy in ("httpx", "botocore", "urllib3", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(config_path: Path | None) -> Settings:
+    try:
+        return load_settings(config_path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="al-connector")
+def main(log_level: str) -> None:
+    """Active learning between Label Studio and an S3-compatible pool of images."""
+    setup_logging(log_level)
+
+
+@main.command()
+@config_option
+@click.option("--once", is_flag=True, help="Run every job once and exit (tests, cron).")
+def run(config_path: Path | None, once: bool) -> None:
+    """Run the daemon: poll, train, score, select, push, watch; round after round."""
+    from connector.app import build_app
+    from connector.daemon import Daemon
+
+    settings = _load(config_path)
+    try:
+        app = build_app(settings)
+        daemon = Daemon(settings, app.engine)
+        if once:
+            status = daemon.run_once()
+            click.echo(json.dumps(status, indent=2, default=str))
+            return
+        daemon.run()
+    except ConnectorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+@main.command()
+@config_option
+def check(config_path: Path | None) -> None:
+    """Validate settings and reach every service; exit non-zero with the fix named."""
+    from connector.app import classes_for, open_labeling, open_store
+
+    settings = _load(config_path)
+    problems = 0
+
+    def report(name: str, fn: Any) -> Any:
+        nonlocal problems
+        try:
+            result = fn()
+        except ConnectorError as exc:
+            problems += 1
+            click.echo(f"FAIL {name}: {exc}")
+            return None
+        click.echo(f"ok   {name}: {result}")
+        return result
+
+    click.echo("ok   settings: valid")
+    store = report("object storage", lambda: _describe_store(open_store(settings)))
+    labeling = report("label studio", lambda: open_labeling(settings)[1])
+    if labeling is not None:
+        click.echo(f"     classes: {', '.join(classes_for(settings, labeling))}")
+    report("state dir", lambda: _check_state_dir(settings))
+    if store is None or labeling is None or problems:
+        sys.exit(1)
+
+
+def _describe_store(store: Any) -> str:
+    info = store.check()
+    return f"{store.describe()} {info}"
+
+
+def _check_state_dir(settings: Settings) -> str:
+    path = settings.state.dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"state.dir {path} is not writable ({exc.strerror}); fix it") from None
+    return f"{path} writable"
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Where the rounds stand: items by status, the current round, its batch."""
+    from connector import report
+    from connector.state import StateDB
+
+    settings = _load(config_path)
+    if not settings.db_path().exists():
+        click.echo(f"no state at {settings.db_path()}; run `al-connector run` first", err=True)
+        sys.exit(1)
+    state = StateDB(settings.db_path())
+    summary = report.summarise(state, settings.rounds_dir())
+    current = state.current_round()
+    out = {"items": state.count_items(), "rounds": summary["rounds"],
+           "stopping": summary["stopping"]}
+    if current is not None:
+        done, total = state.batch_progress(current.round)
+        out["current"] = {"round": current.round, "phase": current.phase.value,
+                          "batch_done": done, "batch_total": total, "error": current.error}
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    click.echo("items: " + ", ".join(f"{k} {v}" for k, v in out["items"].items() if v))
+    for r in summary["rounds"]:
+        acc = r["validation_accuracy"]
+        click.echo(f"round {r['round']:>3} {r['phase']:<6} {r['strategy']:<12} "
+                   f"train labels {r['n_train'] or 0:>5}  validation accuracy "
+                   f"{'-' if acc is None else f'{acc:.3f}'}")
+    if current is not None:
+        c = out["current"]
+        click.echo(f"current: round {c['round']} {c['phase']}, batch {c['batch_done']}/"
+                   f"{c['batch_total']} done" + (f", error: {c['error']}" if c["error"] else ""))
+
+
+@main.command("settings-doc")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None)
+def settings_doc(output: Path | None) -> None:
+    """Print (or write) the settings reference, generated from the settings model."""
+    text = settings_reference()
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n")
+
+
+def _register_optional() -> None:
+    from connector.demo import demo_cmd
+    from connector.simulate_cli import simulate_cmd
+
+    main.add_command(simulate_cmd, "simulate")
+    main.add_command(demo_cmd, "demo")
+
+
+_register_optional()

@@ -1,0 +1,160 @@
+"""The long-running daemon: APScheduler jobs, signals, heartbeat, graceful stop.
+
+No business logic lives here: each job calls one ``RoundEngine`` method. Jobs never
+overlap with themselves (``max_instances=1``, ``coalesce=True``). The first SIGTERM or
+SIGINT stops at a safe point (the running phase finishes and is committed; no new phase
+starts); a second one stops now (the state db is consistent at every commit, so the
+next start resumes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from connector import alerts, report
+from connector.cycle import RoundEngine
+from connector.errors import ConnectorError
+from connector.metrics import HealthServer, Metrics
+from connector.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The round job looks for work this often; the work itself is gated by triggers.
+ROUND_TICK_S = 5.0
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    engine: RoundEngine
+    metrics: Metrics = field(default_factory=Metrics)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _signals: int = 0
+    _ready: bool = False
+    _heartbeat: float = field(default_factory=time.time)
+
+    # ------------------------------------------------------------------ jobs
+    def _job(self, name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if self.stop_event.is_set():
+                return
+            try:
+                fn()
+            except ConnectorError as exc:
+                # A clear, user-facing error (service down, bad token): log it plainly.
+                self._ready = False
+                log.error("%s job failed: %s", name, exc)
+                self.metrics.job_done(name, ok=False)
+                return
+            except Exception:
+                self.metrics.job_done(name, ok=False)
+                log.exception("%s job failed; it runs again on its schedule", name)
+                return
+            self._ready = True
+            self.metrics.job_done(name, ok=True)
+            self._heartbeat = time.time()
+            self.metrics.heartbeat.set(self._heartbeat)
+
+        return run
+
+    def poll(self) -> None:
+        self.engine.poll_labels()
+
+    def list_pool(self) -> None:
+        self.engine.list_pool()
+
+    def round_step(self) -> None:
+        before = self.engine.state.current_round()
+        after = self.engine.step()
+        if after is not None and (before is None or after != before):
+            report.summarise(self.engine.state, self.engine.rounds_dir)
+
+    def watch(self) -> None:
+        alerts.detect(self.engine.state, self.settings.alerts)
+        hook = self.settings.alerts.webhook_url
+        alerts.deliver(self.engine.state, hook.get_secret_value() if hook else None)
+        self.metrics.refresh(self.engine.state)
+
+    def run_once(self) -> dict[str, Any]:
+        """One pass of every job, in order, for tests and cron users (``run --once``)."""
+        self.list_pool()
+        self.poll()
+        self.round_step()
+        self.watch()
+        return self.engine.status()
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        """Run until a signal; returns after a graceful stop."""
+        self._install_signals()
+        self.engine.should_stop = self.stop_event.is_set
+        server = self._start_server()
+        polling = self.settings.polling
+        scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 60}
+        )
+        jobs = [
+            ("list_pool", self.list_pool, polling.storage_seconds),
+            ("poll", self.poll, polling.label_studio_seconds),
+            ("round", self.round_step, ROUND_TICK_S),
+            ("watch", self.watch, polling.watch_seconds),
+        ]
+        for name, fn, seconds in jobs:
+            scheduler.add_job(self._job(name, fn), "interval", seconds=seconds, id=name,
+                              next_run_time=_now_for_scheduler())
+        scheduler.start()
+        log.info("al-connector running: pool %s, state %s", self.engine.ports.store.describe(),
+                 self.settings.state.dir)
+        try:
+            while not self.stop_event.wait(1.0):
+                pass
+        finally:
+            log.info("stopping at a safe point (a second signal stops now)")
+            scheduler.shutdown(wait=True)
+            if server is not None:
+                server.stop()
+            self.engine.state.close()
+            log.info("stopped")
+
+    def _start_server(self) -> HealthServer | None:
+        port = self.settings.server.port
+        if port is None:
+            return None
+        stale_after = 3 * max(self.settings.polling.label_studio_seconds, ROUND_TICK_S) + 600
+        server = HealthServer(
+            self.settings.server.host, port, self.metrics,
+            alive=lambda: time.time() - self._heartbeat < stale_after,
+            ready=lambda: self._ready,
+        )
+        server.start()
+        log.info("health and metrics on http://%s:%d/", self.settings.server.host, server.port)
+        return server
+
+    def _install_signals(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                log.warning("signal %d: finishing the current phase, then stopping", signum)
+                self.stop_event.set()
+            else:
+                log.warning("second signal: stopping now")
+                os._exit(130)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+
+def _now_for_scheduler() -> Any:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

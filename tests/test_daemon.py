@@ -1,0 +1,103 @@
+"""The daemon: one-shot mode, health/metrics endpoints, graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from connector.daemon import Daemon
+from connector.metrics import HealthServer
+from tests.fakes import build
+
+
+def test_run_once_starts_the_cold_start_round(tmp_path: Path, digit_objects: Any) -> None:
+    objects, _ = digit_objects
+    engine, labeling, _ = build(tmp_path, objects)
+    status = Daemon(engine.settings, engine).run_once()
+    assert status["round"]["number"] == 0 and status["round"]["phase"] == "WAIT"
+    assert status["round"]["batch_total"] == len(labeling.tasks) == 50
+
+
+def test_health_and_metrics_endpoints(tmp_path: Path, digit_objects: Any) -> None:
+    objects, _ = digit_objects
+    engine, _, _ = build(tmp_path, objects)
+    daemon = Daemon(engine.settings, engine)
+    daemon.run_once()
+    ready = {"v": False}
+    server = HealthServer(
+        "127.0.0.1", 0, daemon.metrics, alive=lambda: True, ready=lambda: ready["v"]
+    )
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        try:
+            urllib.request.urlopen(base + "/readyz", timeout=5)
+            raise AssertionError("not ready yet must answer 503")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+        ready["v"] = True
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'alc_items{status="queued"} 50.0' in text
+        assert "alc_round 0.0" in text
+    finally:
+        server.stop()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, logging, time
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    logging.basicConfig(level=logging.INFO)
+    from connector.datasets import digit_png, digits_arrays
+    from connector.daemon import Daemon
+    from tests.fakes import build
+    images, labels = digits_arrays()
+    objects = {{f"d{{i:04d}}.png": digit_png(images[i]) for i in range(120)}}
+    engine, labeling, learner = build(Path({tmp!r}), objects, server={{"port": None}},
+                                      polling={{"watch_seconds": 0.5}})
+    print("READY", flush=True)
+    Daemon(engine.settings, engine).run()
+    print("EXITED", flush=True)
+    """
+)
+
+
+def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT.format(root=root, tmp=str(tmp_path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "round 0" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "round 0" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, seen + out
+        assert "EXITED" in out and "stopped" in out
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
