@@ -1,0 +1,224 @@
+"""The state db's schema: its migrations, and the records read from it.
+
+Migrations only ever append: a released migration is never edited, so every db can be
+brought forward from any version (``PRAGMA user_version``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+
+class Phase(str, Enum):
+    """The phases of a round, in order. A round is DONE once the next one starts."""
+
+    INGEST = "INGEST"
+    TRAIN = "TRAIN"
+    SCORE = "SCORE"
+    SELECT = "SELECT"
+    PUSH = "PUSH"
+    WAIT = "WAIT"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+PHASE_ORDER = [Phase.INGEST, Phase.TRAIN, Phase.SCORE, Phase.SELECT, Phase.PUSH, Phase.WAIT]
+
+ITEM_STATUSES = (
+    "discovered",
+    "queued",
+    "labeled",
+    "skipped",
+    "invalid",
+    "excluded",
+    "corrupt",
+    "missing",
+)
+#: Statuses of an item that has a task in Label Studio whose annotation is finished.
+DONE_STATUSES = ("labeled", "skipped", "invalid")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(timezone.utc).isoformat()
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE items (
+        item_id TEXT PRIMARY KEY,
+        etag TEXT NOT NULL DEFAULT '',
+        size INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'discovered',
+        split TEXT,
+        round INTEGER,
+        task_id INTEGER,
+        label TEXT,
+        annotation_id INTEGER,
+        annotator TEXT,
+        reason TEXT,
+        requeue_count INTEGER NOT NULL DEFAULT 0,
+        pinned INTEGER NOT NULL DEFAULT 0,
+        discovered_at TEXT NOT NULL,
+        queued_at TEXT,
+        done_at TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX items_status ON items (status);
+    CREATE INDEX items_round ON items (round);
+    CREATE TABLE rounds (
+        round INTEGER PRIMARY KEY,
+        phase TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        batch_size INTEGER NOT NULL,
+        model_version TEXT,
+        started_at TEXT NOT NULL,
+        phase_at TEXT NOT NULL,
+        finished_at TEXT,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        error TEXT
+    );
+    CREATE TABLE selections (
+        round INTEGER NOT NULL,
+        rank INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        split TEXT NOT NULL,
+        score REAL,
+        predicted_label TEXT,
+        confidence REAL,
+        PRIMARY KEY (round, rank),
+        UNIQUE (round, item_id)
+    );
+    CREATE TABLE pushes (
+        round INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        pushed_at TEXT NOT NULL,
+        PRIMARY KEY (round, item_id)
+    );
+    CREATE TABLE label_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        item_id TEXT NOT NULL,
+        task_id INTEGER,
+        status TEXT NOT NULL,
+        label TEXT,
+        annotation_id INTEGER,
+        annotator TEXT,
+        reason TEXT,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX label_events_item ON label_events (item_id);
+    CREATE TABLE round_labels (
+        round INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        split TEXT NOT NULL,
+        label TEXT NOT NULL,
+        PRIMARY KEY (round, item_id)
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL UNIQUE,
+        severity TEXT NOT NULL DEFAULT 'warning',
+        message TEXT NOT NULL,
+        item_id TEXT,
+        round INTEGER,
+        created_at TEXT NOT NULL,
+        sent_at TEXT
+    );
+    CREATE TABLE admin_commands (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        command TEXT NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        applied_at TEXT,
+        result TEXT
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Round:
+    round: int
+    phase: Phase
+    trigger: str
+    strategy: str
+    params: dict[str, Any]
+    batch_size: int
+    model_version: str | None
+    started_at: datetime
+    phase_at: datetime
+    finished_at: datetime | None
+    metrics: dict[str, Any]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SelectedItem:
+    rank: int
+    item_id: str
+    split: str
+    score: float | None
+    predicted_label: str | None
+    confidence: float | None
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    etag: str
+    status: str
+    split: str | None
+    round: int | None
+    task_id: int | None
+    label: str | None
+    requeue_count: int
+    queued_at: datetime | None
+
+
+def row_to_round(row: sqlite3.Row) -> Round:
+    return Round(
+        round=row["round"],
+        phase=Phase(row["phase"]),
+        trigger=row["trigger"],
+        strategy=row["strategy"],
+        params=json.loads(row["params"]),
+        batch_size=row["batch_size"],
+        model_version=row["model_version"],
+        started_at=datetime.fromisoformat(row["started_at"]),
+        phase_at=datetime.fromisoformat(row["phase_at"]),
+        finished_at=parse_iso(row["finished_at"]),
+        metrics=json.loads(row["metrics"]),
+        error=row["error"],
+    )
+
+
+def row_to_item(row: sqlite3.Row) -> Item:
+    return Item(
+        item_id=row["item_id"],
+        etag=row["etag"],
+        status=row["status"],
+        split=row["split"],
+        round=row["round"],
+        task_id=row["task_id"],
+        label=row["label"],
+        requeue_count=row["requeue_count"],
+        queued_at=parse_iso(row["queued_at"]),
+    )
