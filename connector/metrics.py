@@ -27,20 +27,29 @@ class Metrics:
         r = self.registry
         self.items = Gauge("alc_items", "Pool items by lifecycle status", ["status"], registry=r)
         self.round = Gauge("alc_round", "Current round number", registry=r)
-        self.phase = Gauge("alc_round_phase", "1 for the current round's phase", ["phase"],
-                           registry=r)
+        self.phase = Gauge(
+            "alc_round_phase", "1 for the current round's phase", ["phase"], registry=r
+        )
         self.batch_done = Gauge("alc_batch_done", "Items of the current batch done", registry=r)
         self.batch_total = Gauge("alc_batch_total", "Items in the current batch", registry=r)
-        self.val_acc = Gauge("alc_validation_accuracy",
-                             "Accuracy on the random validation split, last trained round",
-                             registry=r)
+        self.val_acc = Gauge(
+            "alc_validation_accuracy",
+            "Accuracy on the random validation split, last trained round",
+            registry=r,
+        )
         self.alerts_unsent = Gauge("alc_alerts_unsent", "Alerts not yet delivered", registry=r)
-        self.job_runs = Counter("alc_job_runs", "Daemon job runs", ["job", "outcome"],
-                                registry=r)
-        self.last_success = Gauge("alc_job_last_success_timestamp_seconds",
-                                  "Unix time of each job's last success", ["job"], registry=r)
-        self.heartbeat = Gauge("alc_heartbeat_timestamp_seconds", "Last daemon heartbeat",
-                               registry=r)
+        self.job_runs = Counter(
+            "alc_job_runs", "Daemon job runs", ["job_name", "outcome"], registry=r
+        )
+        self.last_success = Gauge(
+            "alc_job_last_success_timestamp_seconds",
+            "Unix time of each job's last success",
+            ["job_name"],
+            registry=r,
+        )
+        self.heartbeat = Gauge(
+            "alc_heartbeat_timestamp_seconds", "Last daemon heartbeat", registry=r
+        )
 
     def refresh(self, state: StateDB) -> None:
         for status, n in state.count_items().items():
@@ -87,12 +96,14 @@ class HealthServer:
         handler = self._handler(metrics, alive, ready)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
-                                        name="health-server")
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, daemon=True, name="health-server"
+        )
 
     @staticmethod
-    def _handler(metrics: Metrics, alive: Callable[[], bool],
-                 ready: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    def _handler(
+        metrics: Metrics, alive: Callable[[], bool], ready: Callable[[], bool]
+    ) -> type[BaseHTTPRequestHandler]:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":

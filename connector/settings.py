@@ -309,10 +309,12 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         return base / p
 
     state = settings.state.model_copy(update={"dir": fix(settings.state.dir)})
-    storage = settings.storage.model_copy(update={
-        "local_root": fix(settings.storage.local_root),
-        "local_document_root": fix(settings.storage.local_document_root),
-    })
+    storage = settings.storage.model_copy(
+        update={
+            "local_root": fix(settings.storage.local_root),
+            "local_document_root": fix(settings.storage.local_document_root),
+        }
+    )
     ls = settings.label_studio.model_copy(
         update={"token_file": fix(settings.label_studio.token_file)}
     )
@@ -325,9 +327,12 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or ENV_NESTED not in name:
             continue
+        if value == "":
+            # An empty variable (compose's ${VAR:-}) means "not set": the file or default rules.
+            continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split(ENV_NESTED)]
         parsed: Any = value
-        if value[:1] in "[{":
+        if value.startswith(("[", "{")):
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError:

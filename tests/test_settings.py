@@ -55,9 +55,11 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         "ALC_LABEL_STUDIO__TOKEN": "s3cr3t-token",
         "ALC_LABELS__CLASSES": '["cat", "dog", "bird"]',
         "ALC_TEST_LABEL_STUDIO_BIN": "/ignored/no/double/underscore",
+        "ALC_STORAGE__PREFIX": "",
     }
     s = load_settings(write(tmp_path, GOOD), environ=env)
     assert s.strategy.batch_size == 7
+    assert s.storage.prefix == "images/", "an empty variable leaves the file's value"
     assert s.labels.classes == ["cat", "dog", "bird"]
     assert s.label_studio.resolved_token().get_secret_value() == "s3cr3t-token"
     assert "s3cr3t-token" not in repr(s) and "s3cr3t-token" not in str(s)
