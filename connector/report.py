@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from connector.state import Round, SelectedItem, StateDB, iso
-from strategies import PoolOutputs, Selection, Strategy
+from strategies import PoolOutputs, Selection, Strategy, item_scores
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,7 @@ def score_diagnostics(strategy: Strategy, pool: PoolOutputs, sel: Selection) -> 
     out["pool_mean_confidence"] = float(conf.mean())
     out["pool_mean_entropy"] = float(ent.mean())
     out["pool_fraction_confidence_below_0.9"] = float((conf < 0.9).mean())
-    scorer = getattr(strategy, "score", None)
-    scores: np.ndarray | None = None
-    if callable(scorer):
-        try:
-            scores = np.asarray(scorer(pool), dtype=np.float64)
-        except (ValueError, TypeError) as exc:  # a strategy with no per-item score
-            log.debug("no per-item scores for %s: %s", strategy.name, exc)
+    scores = item_scores(strategy, pool)
     if scores is not None and scores.shape == (pool.n,):
         counts, edges = np.histogram(scores, bins=20)
         chosen = scores[sel.indices] if len(sel) else np.empty(0)
