@@ -1,0 +1,134 @@
+"""Project administration and annotator-side helpers of the Label Studio adapter.
+
+Status counts, the source-storage connection (URL resolution only, never a sync) and the
+small annotator helpers the demo and tests use. Mixed into ``LabelStudioAdapter``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from connector.errors import ConfigError
+from connector.labelstudio_client import LOOKUP_FIELDS, LOOKUP_PAGE, LabelStudioClient
+from connector.labelstudio_config import LabelConfigInfo
+from connector.labelstudio_query import ITEM_KEY, PRIORITY_KEY, dm_filter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    """Tasks of the project: all, with a finished annotation, skipped only."""
+
+    total: int
+    labeled: int
+    skipped: int
+
+
+class LabelStudioAdminMixin:
+    """Needs ``ls``, ``project_id``, ``choices_name``, ``_label_config``, ``_class_of``."""
+
+    ls: LabelStudioClient
+    project_id: int
+    choices_name: str
+
+    def _label_config(self) -> LabelConfigInfo:
+        raise NotImplementedError
+
+    def _class_of(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ status, storage
+    def task_counts(self) -> TaskCounts:
+        """All tasks, tasks with a finished annotation, tasks only skipped."""
+        labeled = dm_filter("total_annotations", "greater", "Number", 0)
+        no_finished = dm_filter("total_annotations", "equal", "Number", 0)
+        cancelled = dm_filter("cancelled_annotations", "greater", "Number", 0)
+        return TaskCounts(
+            total=self.ls.count([]),
+            labeled=self.ls.count([labeled]),
+            skipped=self.ls.count([no_finished, cancelled]),
+        )
+
+    def connect_source_storage(
+        self,
+        bucket: str | None,
+        prefix: str = "",
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        presign: bool = True,
+        title: str | None = None,
+    ) -> int:
+        """Connect the bucket as S3 source storage so Label Studio resolves ``s3://`` URLs.
+
+        For URL resolution only: the storage is never synced (a sync would import every
+        object as a task). An existing connection to the same bucket/prefix is reused.
+        """
+        if not bucket:
+            raise ConfigError("storage.bucket is not set; the bucket cannot be connected")
+        existing = self.ls.call(
+            "list source storages", self.ls.sdk.import_storage.s3.list, project=self.project_id
+        )
+        for storage in existing or []:
+            if storage.bucket == bucket and (storage.prefix or "") == (prefix or ""):
+                return int(storage.id or 0)
+        storage = self.ls.call(
+            "connect the bucket as source storage",
+            self.ls.sdk.import_storage.s3.create,
+            project=self.project_id,
+            title=title or f"al-connector {bucket}/{prefix}".rstrip("/"),
+            bucket=bucket,
+            prefix=prefix or None,
+            s3endpoint=endpoint,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            presign=presign,
+            use_blob_urls=False,
+            recursive_scan=True,
+        )
+        log.info(
+            "project %d: s3://%s/%s connected for URL resolution", self.project_id, bucket, prefix
+        )
+        return int(storage.id or 0)
+
+    # ------------------------------------------------------------------ demo/test helpers
+    def open_tasks(self) -> list[tuple[str, int]]:
+        """``(item_id, task_id)`` of connector tasks without any annotation, by priority."""
+        flt = [
+            dm_filter("total_annotations", "equal", "Number", 0),
+            dm_filter("cancelled_annotations", "equal", "Number", 0),
+        ]
+        rows = [
+            (int((t.data or {}).get(PRIORITY_KEY) or 0), int(t.id), str(t.data[ITEM_KEY]))
+            for t in self.ls.tasks_where(flt, size=LOOKUP_PAGE, fields=LOOKUP_FIELDS)
+            if ITEM_KEY in (t.data or {})
+        ]
+        return [(item, task_id) for _, task_id, item in sorted(rows)]
+
+    def annotate_task(self, task_id: int, label: str) -> int:
+        """Annotate a task with a class (mapped back to its choice); the annotation id."""
+        choice = next((c for c, v in self._class_of().items() if v == label), label)
+        config = self._label_config()
+        result = [
+            {
+                "from_name": self.choices_name,
+                "to_name": config.image_tag,
+                "type": "choices",
+                "value": {"choices": [choice]},
+            }
+        ]
+        ann = self.ls.call(
+            "annotate a task", self.ls.sdk.annotations.create, id=task_id, result=result
+        )
+        return int(ann.id or 0)
+
+    def skip_task(self, task_id: int) -> int:
+        """Skip (cancel) a task as an annotator would; the annotation id."""
+        ann = self.ls.call(
+            "skip a task", self.ls.sdk.annotations.create, id=task_id, result=[], was_cancelled=True
+        )
+        return int(ann.id or 0)

@@ -1,0 +1,291 @@
+"""Transport for the Label Studio adapter: the SDK client, the retry policy, error
+translation and the Data Manager task queries (keyset-paginated).
+
+Only ``connector.labelstudio*`` modules import ``label_studio_sdk``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.core.request_options import RequestOptions
+
+from connector.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
+from connector.labelstudio_query import (
+    ITEM_KEY,
+    dm_datetime,
+    dm_filter,
+    dm_query,
+    id_chunks,
+    parse_ls_datetime,
+)
+from connector.retry import TRANSIENT_HTTP_STATUS, transient_retry
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Fields a poll needs: the task's own and its annotations' (``include`` applies to the
+#: nested annotations too, so their fields are named here as well).
+POLL_FIELDS = "id,data,updated_at,annotations,result,was_cancelled,ground_truth,completed_by"
+LOOKUP_FIELDS = "id,data"
+LOOKUP_PAGE = 1000
+
+
+def token_kind(token: str) -> str:
+    """``"personal access token"`` for a JWT (refresh token), else ``"legacy token"``."""
+    is_jwt = token.count(".") == 2 and token.startswith("eyJ")
+    return "personal access token" if is_jwt else "legacy token"
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):  # connection refused/reset, timeouts
+        return True
+    return isinstance(exc, ApiError) and exc.status_code in TRANSIENT_HTTP_STATUS
+
+
+def api_detail(exc: ApiError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        parts = [str(body.get("detail") or "")]
+        if body.get("validation_errors"):
+            parts.append(str(body["validation_errors"]))
+        return "; ".join(p for p in parts if p) or str(body)[:300]
+    return str(body)[:300]
+
+
+def _about_auth(exc: ApiError) -> bool:
+    """A 403 about credentials/permissions (not e.g. a blocked storage URL)."""
+    words = ("permission", "credential", "token", "authenticat", "not allowed")
+    return any(w in api_detail(exc).lower() for w in words)
+
+
+class LabelStudioClient:
+    """One project's API, with the shared retry policy and errors that name the fix."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        project_id: int,
+        *,
+        timeout_s: float = 30.0,
+        retry_attempts: int = 5,
+        retry_max_wait_s: float = 20.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.project_id = int(project_id)
+        self.timeout_s = timeout_s
+        self.retry_attempts = retry_attempts
+        self.retry_max_wait_s = retry_max_wait_s
+        self._token = token
+        self._sdk: LabelStudio | None = None
+
+    def __repr__(self) -> str:  # never the token
+        return f"LabelStudioClient(url={self.url!r}, project_id={self.project_id})"
+
+    @property
+    def token_kind(self) -> str:
+        return token_kind(self._token)
+
+    @property
+    def sdk(self) -> LabelStudio:
+        if self._sdk is None:
+            try:
+                # SDK retries off everywhere: the shared policy retries, once.
+                self._sdk = LabelStudio(
+                    base_url=self.url, api_key=self._token, timeout=self.timeout_s, max_retries=0
+                )
+            except ApiError as exc:  # an expired or malformed JWT is refused here
+                raise self.auth_error(exc) from None
+        return self._sdk
+
+    # ------------------------------------------------------------------ errors, retry
+    def auth_error(self, exc: ApiError) -> AuthError:
+        return AuthError(
+            f"Label Studio at {self.url} rejected the {self.token_kind} (HTTP "
+            f"{exc.status_code}: {api_detail(exc)}); set ALC_LABEL_STUDIO__TOKEN or "
+            "label_studio.token_file to a valid legacy token or personal access token "
+            f"(Account & Settings) of a user with access to project {self.project_id}"
+        )
+
+    def project_not_found(self) -> str:
+        return (
+            f"Label Studio project {self.project_id} does not exist at {self.url} (or this "
+            "token's user cannot see it); fix label_studio.project_id or unset it to create one"
+        )
+
+    def translate(self, exc: BaseException, what: str, not_found: str | None = None) -> Exception:
+        """The connector error for an SDK/HTTP exception."""
+        if is_transient(exc):
+            cause = f"{type(exc).__name__}: {exc}"[:300]
+            return ServiceUnavailable(
+                f"Label Studio at {self.url} did not answer ({what}) after "
+                f"{self.retry_attempts} attempts ({cause}); check label_studio.url and that "
+                "the server is up"
+            )
+        if isinstance(exc, ApiError):
+            if exc.status_code == 401 or (exc.status_code == 403 and _about_auth(exc)):
+                return self.auth_error(exc)
+            if exc.status_code == 404 and not_found:
+                return ConfigError(not_found)
+            return ConnectorError(
+                f"Label Studio refused to {what} (HTTP {exc.status_code}: {api_detail(exc)})"
+            )
+        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+    def policy(self) -> Any:
+        return transient_retry(
+            is_transient, attempts=self.retry_attempts, max_wait_s=self.retry_max_wait_s
+        )
+
+    def call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        not_found: str | None = None,
+        retry: bool = True,
+        **kwargs: Any,
+    ) -> T:
+        """``fn(*args, **kwargs)`` under the retry policy, errors translated.
+
+        ``retry=False`` lets raw exceptions through, for callers that retry themselves.
+        """
+        if not retry:
+            return fn(*args, **kwargs)
+        try:
+            for attempt in self.policy():
+                with attempt:
+                    return fn(*args, **kwargs)
+        except (ApiError, httpx.HTTPError) as exc:
+            raise self.translate(exc, what, not_found) from exc
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    # ------------------------------------------------------------------ projects
+    def project(self) -> Any:
+        return self.call(
+            "read the project",
+            self.sdk.projects.get,
+            id=self.project_id,
+            not_found=self.project_not_found(),
+        )
+
+    # ------------------------------------------------------------------ tasks
+    def page(
+        self,
+        filters: Sequence[dict[str, Any]],
+        ordering: str | None,
+        size: int,
+        fields: str,
+        *,
+        retry: bool = True,
+    ) -> Any:
+        """Page 1 of the filtered task list (the SDK pager: ``.items``, ``.response.total``)."""
+        return self.call(
+            "list tasks",
+            self.sdk.tasks.list,
+            project=self.project_id,
+            fields="all" if "annotations" in fields else "task_only",
+            include=fields,
+            query=dm_query(filters, ordering),
+            page=1,
+            page_size=size,
+            resolve_uri=False,
+            not_found=self.project_not_found(),
+            retry=retry,
+        )
+
+    def count(self, filters: Sequence[dict[str, Any]]) -> int:
+        pager = self.page(filters, None, 1, "id")
+        return int(getattr(pager.response, "total", None) or 0)
+
+    def tasks_where(
+        self, filters: Sequence[dict[str, Any]], *, size: int, fields: str, retry: bool = True
+    ) -> Iterator[Any]:
+        """Every task matching ``filters``, keyset-paginated by id (stable under writes)."""
+        last_id = 0
+        while True:
+            keyset = dm_filter("id", "greater", "Number", last_id)
+            items = list(self.page([*filters, keyset], "id", size, fields, retry=retry).items or [])
+            yield from items
+            if len(items) < size:
+                return
+            last_id = int(items[-1].id)
+
+    def changed_tasks(self, cursor: str | None, page_size: int) -> Iterator[Any]:
+        """Tasks with ``updated_at > cursor`` (all if None), oldest change first, with
+        their annotations.
+
+        Keyset pagination on ``updated_at``: a task updated while we page moves behind the
+        cursor and is read again later instead of shifting a page under us. A page that
+        ends in a run of equal timestamps is completed by reading that timestamp alone.
+        """
+        while True:
+            filters = [dm_filter("updated_at", "greater", "Datetime", cursor)] if cursor else []
+            items = list(self.page(filters, "updated_at", page_size, POLL_FIELDS).items or [])
+            yield from items
+            if len(items) < page_size:
+                return
+            last = parse_ls_datetime(items[-1].updated_at)
+            if last is None:  # never with Label Studio; but never loop forever either
+                raise ConnectorError("Label Studio returned a task without updated_at")
+            cursor = dm_datetime(last)
+            tie = [dm_filter("updated_at", "equal", "Datetime", cursor)]
+            yield from self.tasks_where(tie, size=page_size, fields=POLL_FIELDS)
+
+    def lookup(self, item_ids: Sequence[str], *, retry: bool = True) -> dict[str, list[int]]:
+        """``item_id -> [task ids]`` of these items (more than one id: a duplicate)."""
+        found: dict[str, list[int]] = {}
+        for chunk in id_chunks(list(dict.fromkeys(item_ids))):
+            flt = [dm_filter(f"data.{ITEM_KEY}", "in_list", "String", chunk)]
+            for task in self.tasks_where(flt, size=LOOKUP_PAGE, fields=LOOKUP_FIELDS, retry=retry):
+                item = (task.data or {}).get(ITEM_KEY)
+                if item is not None:
+                    found.setdefault(str(item), []).append(int(task.id))
+        return found
+
+    def import_tasks(self, payload: list[dict[str, Any]], timeout_s: float) -> list[int]:
+        """One import call, SDK retries off (a retried POST could import twice); raw errors.
+
+        Returns the new task ids in payload order ([] if the server does not say).
+        """
+        options = cast(RequestOptions, {"max_retries": 0, "timeout_in_seconds": int(timeout_s)})
+        response = self.sdk.projects.import_tasks(
+            id=self.project_id,
+            request=cast(Any, payload),
+            return_task_ids=True,
+            request_options=options,
+        )
+        return [int(t) for t in (getattr(response, "task_ids", None) or [])]
+
+
+def create_personal_access_token(url: str, legacy_token: str) -> str:
+    """Make a personal access token (a JWT refresh token) for the legacy token's user.
+
+    Turns personal access tokens on for the organization first if they are off (the
+    ``jwt_settings`` API). Label Studio lets a user hold one PAT at a time; a second
+    request is refused (HTTP 409) and raises ``ConnectorError``.
+    """
+    client = LabelStudio(base_url=url.rstrip("/"), api_key=legacy_token, max_retries=0)
+    jwt = client.jwt_settings.get()
+    if not jwt.api_tokens_enabled:
+        client.jwt_settings.update(
+            api_token_ttl_days=int(jwt.api_token_ttl_days or 365),
+            api_tokens_enabled=True,
+            legacy_api_tokens_enabled=bool(jwt.legacy_api_tokens_enabled),
+        )
+    try:
+        return str(client.tokens.create().token)
+    except ApiError as exc:
+        if exc.status_code == 409:
+            raise ConnectorError(
+                "this user already holds a personal access token; reuse it, or revoke it "
+                "in Label Studio (Account & Settings) before making another"
+            ) from None
+        raise
