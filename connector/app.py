@@ -15,7 +15,7 @@ from connector.datasets import image_classification_config
 from connector.errors import ConfigError
 from connector.labelstudio import LabelStudioAdapter
 from connector.learner import Learner
-from connector.ports import ObjectStore, ProjectInfo
+from connector.ports import ProjectInfo
 from connector.settings import Settings
 from connector.state import StateDB
 from connector.storage import LocalStore, S3Store
@@ -48,7 +48,7 @@ def open_store(settings: Settings) -> S3Store | LocalStore:
 
 
 def open_labeling(
-    settings: Settings, state: StateDB | None = None, store: ObjectStore | None = None
+    settings: Settings, state: StateDB | None = None
 ) -> tuple[LabelStudioAdapter, ProjectInfo]:
     """The Label Studio adapter on the configured project, created if needed."""
     ls = settings.label_studio
@@ -64,32 +64,32 @@ def open_labeling(
                 "project can be created; set one of them"
             )
         project_id = LabelStudioAdapter.find_or_create_project(
-            ls.url, token, ls.project_title,
+            ls.url,
+            token,
+            ls.project_title,
             image_classification_config(settings.labels.classes),
         )
         log.info("using Label Studio project %d (%s)", project_id, ls.project_title)
-        if (
-            settings.storage.kind == "s3"
-            and settings.storage.connect_label_studio
-            and isinstance(store, S3Store)
-        ):
-            adapter0 = _adapter(settings, token, project_id)
-            adapter0.connect_source_storage(**_storage_connection(settings))
     if state is not None:
         state.set_meta(PROJECT_META, str(project_id))
     adapter = _adapter(settings, token, project_id)
-    classes = settings.labels.classes or None
-    info = adapter.check_project(classes if classes is not None else [])
+    info = adapter.check_project(settings.labels.classes)
+    if settings.storage.kind == "s3" and settings.storage.connect_label_studio:
+        # Idempotent: an existing connection to the bucket/prefix is reused, never synced.
+        adapter.connect_source_storage(**_storage_connection(settings))
     return adapter, info
 
 
 def _adapter(settings: Settings, token: str, project_id: int) -> LabelStudioAdapter:
     ls = settings.label_studio
     return LabelStudioAdapter(
-        ls.url, token, project_id,
+        ls.url,
+        token,
+        project_id,
         image_field=ls.image_field,
         choices_name=ls.choices_name,
         label_map=settings.labels.map or None,
+        classes=settings.labels.classes or None,
         import_chunk_size=ls.import_chunk_size,
         multi_annotation=ls.multi_annotation,
         timeout_s=ls.timeout_s,
@@ -107,6 +107,7 @@ def _storage_connection(settings: Settings) -> dict[str, Any]:
         "secret_access_key": (
             s.secret_access_key.get_secret_value() if s.secret_access_key else None
         ),
+        "presign": s.presign_urls,
     }
 
 
@@ -128,7 +129,7 @@ class App:
 def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
     state = StateDB(settings.db_path())
     store = open_store(settings)
-    labeling, info = open_labeling(settings, state, store)
+    labeling, info = open_labeling(settings, state)
     classes = classes_for(settings, info)
     cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))
     if learner is None:

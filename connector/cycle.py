@@ -99,13 +99,17 @@ class RoundEngine:
     # -------------------------------------------------------------- polling jobs
     def poll_labels(self) -> dict[str, int]:
         """Ingest annotations changed since the watermark (minus the overlap window)."""
-        since = parse_iso(self.state.get_meta(LS_WATERMARK))
-        if since is not None:
-            since -= timedelta(seconds=self.settings.polling.overlap_seconds)
+        stored = parse_iso(self.state.get_meta(LS_WATERMARK))
+        since = None
+        if stored is not None:
+            since = stored - timedelta(seconds=self.settings.polling.overlap_seconds)
         result = self.ports.labeling.poll(since)
         changed = self.state.apply_label_states(result.states)
-        if result.watermark is not None:
-            self.state.set_meta(LS_WATERMARK, iso(result.watermark) or "")
+        # Never move the watermark back: an idle poll may answer with the (overlapped)
+        # ``since``, and polls must not grow more expensive over time.
+        mark = result.watermark
+        if mark is not None and (stored is None or mark > stored):
+            self.state.set_meta(LS_WATERMARK, iso(mark) or "")
         if changed:
             log.info("ingested %s from %d changed tasks", changed, len(result.states))
         return changed
@@ -402,8 +406,6 @@ class RoundEngine:
     def _push(self, rnd: Round) -> None:
         version = rnd.model_version or self.model_version(rnd)
         pending = self.state.unpushed(rnd.round)
-        if rnd.model_version is not None:
-            self.ports.labeling.set_model_version(version)
         chunk_size = self.settings.label_studio.import_chunk_size
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
@@ -430,7 +432,11 @@ class RoundEngine:
             self.state.record_push(rnd.round, mapping, {s.item_id: s.split for s in chunk})
             if self.progress:
                 self.progress("push", min(start + chunk_size, len(pending)), len(pending))
-        _done, total = self.state.batch_progress(rnd.round)
+        if rnd.model_version is not None:
+            # After the push: Label Studio accepts a model version only once a prediction
+            # carries it. From now on it shows and samples this round's predictions.
+            self.ports.labeling.set_model_version(version)
+        _, total = self.state.batch_progress(rnd.round)
         self.state.set_phase(rnd.round, Phase.WAIT, metrics={"pushed": total})
         log.info(
             "round %d (%s): %d tasks in Label Studio; waiting for labels", rnd.round, version, total

@@ -108,6 +108,11 @@ class StorageSettings(_Section):
         description="Connect the bucket to the project as source storage so Label Studio "
         "can resolve s3:// URLs (never synced).",
     )
+    presign_urls: bool = Field(
+        True,
+        description="Label Studio hands browsers presigned URLs to the bucket; false when "
+        "browsers cannot reach the endpoint (Label Studio then proxies the images).",
+    )
     read_concurrency: int = Field(8, ge=1, le=128, description="Parallel object reads.")
     full_rescan_every: int = Field(
         12,

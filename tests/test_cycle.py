@@ -171,3 +171,16 @@ def test_unknown_label_is_invalid_and_withdrawn_label_requeues(
     engine.poll_labels()
     stored = engine.state.item(b)
     assert stored is not None and stored.status == "queued" and stored.label is None
+
+
+def test_idle_polls_never_move_the_watermark_back(tmp_path: Path, digit_objects: Any) -> None:
+    objects, truth = digit_objects
+    engine, labeling, _ = build(tmp_path, objects)
+    engine.step()
+    item = sorted(labeling.tasks)[0]
+    labeling.annotate(item, "labeled", truth[item])
+    engine.poll_labels()
+    mark = engine.state.get_meta("ls_watermark")
+    for _ in range(3):
+        engine.poll_labels()  # nothing changed: the fake answers with the overlapped since
+    assert engine.state.get_meta("ls_watermark") == mark
