@@ -133,7 +133,8 @@ def test_daemon_rounds_end_to_end(
     assert last is not None and last.model_version is not None
     newest = [t for t in tasks if t.data["al_round"] == 3]
     assert newest and all(
-        any(field(p, "model_version") == last.model_version for p in (t.predictions or [])) for t in newest
+        any(field(p, "model_version") == last.model_version for p in (t.predictions or []))
+        for t in newest
     )
     # Validation accuracy rises with labels (small CNN on digits, 60 validation items).
     assert accuracies[-1] > accuracies[0], accuracies
