@@ -26,7 +26,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "al-connector needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,dev,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[demo,test,dev,bench]'
 	touch $@
 
 $(LS_BIN)/.installed:

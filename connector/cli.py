@@ -19,7 +19,11 @@ from connector.settings import Settings, load_settings, settings_reference
 log = logging.getLogger("connector")
 
 config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
+    "--config",
+    "-c",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Settings TOML file (default: $ALC_CONFIG). Environment ALC_* variables override it.",
 )
 
@@ -29,9 +33,17 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Label Studio's SDK and botocore are chatty at INFO; their warnings still show.
-    for noisy in ("httpx", "botocore", "urllib3", "apscheduler.executors.default"):
+    # Label Studio's SDK, botocore and moto's server are chatty at INFO; warnings still show.
+    for noisy in ("httpx", "botocore", "urllib3", "werkzeug", "apscheduler.executors.default"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apscheduler.scheduler").addFilter(_SkipExpectedOverlap())
+
+
+class _SkipExpectedOverlap(logging.Filter):
+    """Jobs never overlap themselves by design; a skipped tick is not worth a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
 
 
 def _load(config_path: Path | None) -> Settings:
@@ -43,8 +55,12 @@ def _load(config_path: Path | None) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.version_option(package_name="al-connector")
 def main(log_level: str) -> None:
     """Active learning between Label Studio and an S3-compatible pool of images."""
@@ -135,25 +151,37 @@ def status(config_path: Path | None, as_json: bool) -> None:
     state = StateDB(settings.db_path())
     summary = report.summarise(state, settings.rounds_dir())
     current = state.current_round()
-    out = {"items": state.count_items(), "rounds": summary["rounds"],
-           "stopping": summary["stopping"]}
+    out = {
+        "items": state.count_items(),
+        "rounds": summary["rounds"],
+        "stopping": summary["stopping"],
+    }
     if current is not None:
         done, total = state.batch_progress(current.round)
-        out["current"] = {"round": current.round, "phase": current.phase.value,
-                          "batch_done": done, "batch_total": total, "error": current.error}
+        out["current"] = {
+            "round": current.round,
+            "phase": current.phase.value,
+            "batch_done": done,
+            "batch_total": total,
+            "error": current.error,
+        }
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo("items: " + ", ".join(f"{k} {v}" for k, v in out["items"].items() if v))
     for r in summary["rounds"]:
         acc = r["validation_accuracy"]
-        click.echo(f"round {r['round']:>3} {r['phase']:<6} {r['strategy']:<12} "
-                   f"train labels {r['n_train'] or 0:>5}  validation accuracy "
-                   f"{'-' if acc is None else f'{acc:.3f}'}")
+        click.echo(
+            f"round {r['round']:>3} {r['phase']:<6} {r['strategy']:<12} "
+            f"train labels {r['n_train'] or 0:>5}  validation accuracy "
+            f"{'-' if acc is None else f'{acc:.3f}'}"
+        )
     if current is not None:
         c = out["current"]
-        click.echo(f"current: round {c['round']} {c['phase']}, batch {c['batch_done']}/"
-                   f"{c['batch_total']} done" + (f", error: {c['error']}" if c["error"] else ""))
+        click.echo(
+            f"current: round {c['round']} {c['phase']}, batch {c['batch_done']}/"
+            f"{c['batch_total']} done" + (f", error: {c['error']}" if c["error"] else "")
+        )
 
 
 @main.command("settings-doc")

@@ -186,7 +186,8 @@ def _check_bin(ls_bin: str | Path) -> Path:
             f"label-studio executable not found at {path}; run `make ls-venv` "
             "(it installs Label Studio into .venv-ls)"
         )
-    return path
+    # Absolute, so that a relative path keeps working in a child's other working dir.
+    return path.absolute()
 
 
 def init_label_studio(

@@ -1,0 +1,300 @@
+"""``al-connector demo``: the whole loop on this machine, in a few minutes.
+
+Starts a local Label Studio (its own virtual environment) and a local S3-compatible
+server (moto in server mode), loads scikit-learn's digits as PNGs into the bucket,
+creates a project whose tasks resolve ``s3://`` URLs through a source-storage
+connection, and runs the real daemon while a simulated annotator labels the pushed
+tasks through the Label Studio API from ground truth (with some skips and a delay).
+Round by round it prints the labels so far and the validation accuracy, next to a
+random-sampling baseline trained on as many random labels and scored on the same
+validation split.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from connector import report
+from connector.app import build_app
+from connector.daemon import Daemon
+from connector.datasets import DIGIT_CLASSES, write_digits
+from connector.errors import ConnectorError
+from connector.learner import Learner
+from connector.settings import Settings
+from connector.state import Phase
+
+log = logging.getLogger(__name__)
+
+
+class SimulatedAnnotator(threading.Thread):
+    """Labels open connector tasks from ground truth, in the order Label Studio would
+    serve them (priority), skipping a fraction and pausing between tasks."""
+
+    def __init__(
+        self,
+        adapter: Any,
+        truth: dict[str, str],
+        *,
+        skip_rate: float,
+        delay_s: float,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(name="demo-annotator", daemon=True)
+        self.adapter = adapter
+        self.truth = truth
+        self.skip_rate = skip_rate
+        self.delay_s = delay_s
+        self.rng = np.random.default_rng(seed)
+        self.done: set[str] = set()
+        self.labeled = 0
+        self.skipped = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                open_tasks = self.adapter.open_tasks()
+            except ConnectorError as exc:
+                log.warning("annotator: %s", exc)
+                self.stop_event.wait(2.0)
+                continue
+            todo = [t for t in open_tasks if t[0] not in self.done]
+            if not todo:
+                self.stop_event.wait(1.0)
+                continue
+            for item_id, task_id in todo:
+                if self.stop_event.is_set():
+                    return
+                if self.rng.random() < self.skip_rate:
+                    self.adapter.skip_task(task_id)
+                    self.skipped += 1
+                else:
+                    self.adapter.annotate_task(task_id, self.truth[item_id])
+                    self.labeled += 1
+                self.done.add(item_id)
+                self.stop_event.wait(self.delay_s)
+
+
+def random_baseline(
+    learner: Learner,
+    pool_dir: Path,
+    truth: dict[str, str],
+    val_ids: list[str],
+    n_train: int,
+    exclude: set[str],
+    seed: int,
+) -> float:
+    """Accuracy on the validation split of a model trained on ``n_train`` random labels."""
+    classes = list(DIGIT_CLASSES)
+    rng = np.random.default_rng(seed)
+    candidates = sorted(k for k in truth if k not in exclude)
+    picks = [candidates[i] for i in rng.choice(len(candidates), size=n_train, replace=False)]
+    model = learner.fit(
+        [pool_dir / k for k in picks], [classes.index(truth[k]) for k in picks], classes, seed=seed
+    )
+    result = learner.evaluate(
+        model, [pool_dir / k for k in val_ids], [classes.index(truth[k]) for k in val_ids]
+    )
+    return float(result["accuracy"])
+
+
+@click.command()
+@click.option("--rounds", default=4, show_default=True, help="Rounds after the cold start.")
+@click.option("--batch-size", default=20, show_default=True)
+@click.option("--validation-size", default=100, show_default=True)
+@click.option("--strategy", default="entropy", show_default=True)
+@click.option("--images", default=600, show_default=True, help="Digits in the pool.")
+@click.option("--skip-rate", default=0.05, show_default=True, help="Tasks the annotator skips.")
+@click.option("--delay", default=0.05, show_default=True, help="Seconds per annotation.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the pool, state and reports go (default: a temp folder).",
+)
+@click.option(
+    "--label-studio-bin",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The label-studio executable (make demo passes .venv-ls/bin/label-studio).",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the servers up at the end and print the URL and login.",
+)
+@click.option("--verbose", is_flag=True, help="Show the daemon's log, not only the table.")
+def demo_cmd(
+    rounds: int,
+    batch_size: int,
+    validation_size: int,
+    strategy: str,
+    images: int,
+    skip_rate: float,
+    delay: float,
+    workdir: Path | None,
+    label_studio_bin: Path | None,
+    keep_running: bool,
+    verbose: bool,
+) -> None:
+    """Run the loop end to end on a local Label Studio and S3 server with digits."""
+    from connector.devservers import find_label_studio, start_label_studio, start_s3_server
+    from connector.storage import S3Store
+
+    bin_path = find_label_studio(label_studio_bin)
+    own_tmp = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="al-demo-")) if workdir is None else workdir
+    root.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        _log_to_file(root / "demo.log", verbose)
+        if own_tmp and not keep_running:
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
+        click.echo(f"demo folder: {root}")
+        pool_dir = root / "pool"
+        written = write_digits(pool_dir, limit=images, seed=0)
+        (pool_dir / "labels.csv").replace(root / "ground_truth.csv")
+        truth = {w.key: w.label for w in written}
+        click.echo(f"wrote {len(written)} digit PNGs; ground truth in {root / 'ground_truth.csv'}")
+
+        s3 = start_s3_server()
+        stack.callback(s3.stop)
+        bucket = "al-demo-pool"
+        creds = {"access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key}
+        store = S3Store(
+            bucket,
+            "digits/",
+            endpoint_url=s3.url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+        )
+        store.create_bucket()
+        store.upload_dir(pool_dir)
+        click.echo(f"S3 server on {s3.url}: bucket {bucket} holds the pool")
+
+        click.echo("starting Label Studio (about a minute the first time, seconds after)...")
+        template = Path.home() / ".cache" / "al-connector" / "label-studio-template"
+        template.mkdir(parents=True, exist_ok=True)
+        ls = start_label_studio(bin_path, root / "label-studio", template_dir=template)
+        stack.callback(ls.stop)
+        click.echo(f"Label Studio on {ls.url} (log: {ls.log_path})")
+
+        settings = Settings(
+            **{
+                "label_studio": {
+                    "url": ls.url,
+                    "token": ls.token,
+                    "project_title": "al-demo digits",
+                },
+                "storage": {
+                    "kind": "s3",
+                    "bucket": bucket,
+                    "prefix": "digits/",
+                    "endpoint_url": s3.url,
+                    "region": "us-east-1",
+                    **creds,
+                },
+                "labels": {"classes": list(DIGIT_CLASSES)},
+                "strategy": {"name": strategy, "batch_size": batch_size, "cold_start": "random"},
+                "validation": {"size": validation_size},
+                "rounds": {"max_rounds": rounds + 1, "min_labeled_fraction": 0.9},
+                "polling": {
+                    "label_studio_seconds": 1.0,
+                    "storage_seconds": 30.0,
+                    "watch_seconds": 5.0,
+                    "overlap_seconds": 5.0,
+                },
+                "state": {"dir": str(root / "state")},
+                "server": {"port": None},
+            }
+        )
+        app = build_app(settings)
+        annotator = SimulatedAnnotator(
+            app.engine.ports.labeling, truth, skip_rate=skip_rate, delay_s=delay
+        )
+        annotator.start()
+        stack.callback(annotator.stop_event.set)
+        daemon = Daemon(settings, app.engine)
+        monitor = threading.Thread(
+            target=_monitor, args=(daemon, annotator, pool_dir, truth, rounds), daemon=True
+        )
+        monitor.start()
+        daemon.run()  # returns after the monitor stops it, or on Ctrl-C
+        annotator.stop_event.set()
+        summary = report.summarise(app.engine.state, settings.rounds_dir())
+        click.echo(f"\nreport: {settings.rounds_dir() / 'report.json'}")
+        if (settings.rounds_dir() / "learning_curve.png").exists():
+            click.echo(f"learning curve: {settings.rounds_dir() / 'learning_curve.png'}")
+        click.echo(f"per-round selections and score histograms: {settings.rounds_dir()}/NNNN/")
+        click.echo(f"stopping signals: {summary['stopping']}")
+        click.echo(f"full log: {root / 'demo.log'}")
+        if keep_running:
+            click.echo(
+                f"\nLabel Studio stays up at {ls.url}  login: {ls.username} / "
+                f"{ls.password}\nPress Ctrl-C to stop everything."
+            )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                click.echo("stopping")
+
+
+def _log_to_file(path: Path, verbose: bool) -> None:
+    """Everything to ``path``; the console keeps the table (and warnings, or all with
+    ``verbose``)."""
+    root_logger = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for existing in root_logger.handlers:
+        existing.setLevel(logging.INFO if verbose else logging.WARNING)
+    root_logger.addHandler(handler)
+
+
+def _monitor(
+    daemon: Daemon,
+    annotator: SimulatedAnnotator,
+    pool_dir: Path,
+    truth: dict[str, str],
+    rounds: int,
+) -> None:
+    """Print each trained round next to a random baseline; stop the daemon at the end."""
+    engine = daemon.engine
+    reported: set[int] = set()
+    click.echo(f"{'round':>5} {'labels':>7} {'val. acc.':>10} {'random':>8}  model version")
+    while not daemon.stop_event.is_set():
+        for rnd in engine.state.rounds():
+            if rnd.round in reported or rnd.phase not in (Phase.WAIT, Phase.DONE):
+                continue
+            reported.add(rnd.round)
+            val = rnd.metrics.get("validation") or {}
+            n_train = int(rnd.metrics.get("n_train") or 0)
+            acc = val.get("accuracy")
+            base = "-"
+            if acc is not None and n_train:
+                val_ids = [i for i, _, _ in engine.state.labeled_items("validation")]
+                base_acc = random_baseline(
+                    engine.learner, pool_dir, truth, val_ids, n_train, set(val_ids), seed=rnd.round
+                )
+                base = f"{base_acc:.3f}"
+            acc_s = "-" if acc is None else f"{acc:.3f}"
+            click.echo(
+                f"{rnd.round:>5} {n_train:>7} {acc_s:>10} {base:>8}  "
+                f"{rnd.model_version or '(cold start: validation split + random batch)'}"
+            )
+            if rnd.round >= rounds:
+                daemon.stop_event.set()
+                return
+        time.sleep(1.0)
+    _ = annotator
