@@ -110,11 +110,19 @@ class Daemon:
             ("watch", self.watch, polling.watch_seconds),
         ]
         for name, fn, seconds in jobs:
-            scheduler.add_job(self._job(name, fn), "interval", seconds=seconds, id=name,
-                              next_run_time=_now_for_scheduler())
+            scheduler.add_job(
+                self._job(name, fn),
+                "interval",
+                seconds=seconds,
+                id=name,
+                next_run_time=_now_for_scheduler(),
+            )
         scheduler.start()
-        log.info("al-connector running: pool %s, state %s", self.engine.ports.store.describe(),
-                 self.settings.state.dir)
+        log.info(
+            "al-connector running: pool %s, state %s",
+            self.engine.ports.store.describe(),
+            self.settings.state.dir,
+        )
         try:
             while not self.stop_event.wait(1.0):
                 pass
@@ -132,7 +140,9 @@ class Daemon:
             return None
         stale_after = 3 * max(self.settings.polling.label_studio_seconds, ROUND_TICK_S) + 600
         server = HealthServer(
-            self.settings.server.host, port, self.metrics,
+            self.settings.server.host,
+            port,
+            self.metrics,
             alive=lambda: time.time() - self._heartbeat < stale_after,
             ready=lambda: self._ready,
         )

@@ -173,7 +173,6 @@ class ModelSettings(_Section):
     batch_size: int | None = Field(None, ge=1, description="Training batch; unset = adaptive.")
     learning_rate: float | None = Field(None, gt=0, description="Unset = the trainer's default.")
     seed: int = Field(0, description="Seed of training and selection.")
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0.")
 
 
 class StrategySettings(_Section):

@@ -1,0 +1,200 @@
+"""Pool scoring benchmark: what reading, decoding, batching and reducing add to the model.
+
+    .venv/bin/python -m benchmarks.scoring              # 50,000 images
+    .venv/bin/python -m benchmarks.scoring --quick      # 3,000 images
+    .venv/bin/python -m benchmarks.scoring --n 20000 --skip-s3
+
+Figures (32x32 grayscale PNGs, small_cnn at 32 px, K = 20 MC-dropout samples, batches of
+256, one torch thread so that the decoder thread has the other core):
+
+- bare: the model alone over the same images already decoded into one in-memory tensor
+  (``TrainedModel.infer`` per batch: normalisation, backbone once, K head passes,
+  softmax); nothing is read, decoded or kept.
+- local: ``scoring.score_store`` over a ``LocalStore`` folder: file reads, PNG decoding,
+  batching in a background thread, results reduced into ``PoolOutputs``.
+  Target: local <= 1.3 x bare.
+- s3: the same from an S3 bucket on moto's server (a separate process on loopback, so
+  that its request handling does not hold this process's GIL), on the first ``--s3-n``
+  images, compared per image with local. Target: s3 <= 1.5 x local. moto answers about
+  100 GETs a second on a shared 2-core machine: the figure measures the test server.
+
+bare and local are interleaved, best of ``--repeat`` (load from other work on a shared
+machine only adds time). Writes ``benchmarks/results/scoring.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from connector.datasets import digit_png, digits_arrays
+from connector.model import ModelSpec, TrainedModel
+from connector.scoring import score_store
+
+RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
+K = 20
+BATCH = 256
+
+
+def make_images(root: Path, n: int) -> list[str]:
+    """``n`` distinct 32x32 PNG files (digits with a per-file pixel of noise)."""
+    images, _ = digits_arrays()
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    keys = []
+    for i in range(n):
+        img = images[i % len(images)].copy()
+        img[rng.integers(8), rng.integers(8)] = rng.integers(256)
+        key = f"img-{i:06d}.png"
+        (root / key).write_bytes(digit_png(img, size=32))
+        keys.append(key)
+    return keys
+
+
+def bare(model: TrainedModel, x: torch.Tensor) -> float:
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for i in range(0, len(x), BATCH):
+        model.infer(x[i : i + BATCH], K, gen)
+    return time.perf_counter() - t0
+
+
+def piped(model: TrainedModel, store: Any, keys: list[str]) -> tuple[float, dict[str, float]]:
+    t0 = time.perf_counter()
+    res = score_store(model, store, keys, mc_samples=K, batch_size=BATCH, max_workers=16)
+    wall = time.perf_counter() - t0
+    if res.n != len(keys) or res.failures:
+        raise RuntimeError(f"scored {res.n} of {len(keys)}, failures {res.failures[:3]}")
+    return wall, res.timings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def s3_run(model: TrainedModel, root: Path, keys: list[str], repeat: int) -> dict[str, Any]:
+    import boto3
+
+    from connector.storage import S3Store
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        for _ in range(100):
+            try:
+                client.create_bucket(Bucket="pool")
+                break
+            except Exception:
+                time.sleep(0.1)
+        store = S3Store(
+            "pool",
+            "bench/",
+            endpoint_url=endpoint,
+            region="us-east-1",
+            access_key_id="bench",
+            secret_access_key="bench",
+        )
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda k: store.put(k, (root / k).read_bytes()), keys))
+        upload = time.perf_counter() - t0
+        runs = [piped(model, store, keys) for _ in range(repeat)]
+        best = min(runs, key=lambda r: r[0])
+        return {"upload_seconds": round(upload, 2), "seconds": best[0], "timings": best[1]}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from connector.storage import LocalStore
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scoring")
+    parser.add_argument("--quick", action="store_true", help="3,000 images")
+    parser.add_argument("--n", type=int, default=None, help="number of images (50,000)")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument(
+        "--s3-n", type=int, default=5000, help="images for the S3 run (moto serves ~100/s)"
+    )
+    args = parser.parse_args(argv)
+    n = args.n or (3000 if args.quick else 50_000)
+    torch.set_num_threads(1)
+    model = TrainedModel.untrained(
+        ModelSpec(image_size=32, dropout=0.25), [str(i) for i in range(10)], channels=1
+    )
+    out: dict[str, Any] = {"n": n, "k": K, "batch": BATCH, "load_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "pool"
+        t0 = time.perf_counter()
+        keys = make_images(root, n)
+        print(f"wrote {n} PNGs in {time.perf_counter() - t0:.1f} s", flush=True)
+        x, _, _ = model.decode([root / k for k in keys])
+        store = LocalStore(root)
+        bare_s: list[float] = []
+        local_s: list[float] = []
+        local_t: dict[str, float] = {}
+        for _ in range(args.repeat):
+            bare_s.append(bare(model, x))
+            wall, timings = piped(model, store, keys)
+            if not local_s or wall < min(local_s):
+                local_t = timings
+            local_s.append(wall)
+        out.update(
+            bare_seconds=min(bare_s),
+            local_seconds=min(local_s),
+            local_timings=local_t,
+            local_over_bare=min(local_s) / min(bare_s),
+            all_bare=bare_s,
+            all_local=local_s,
+        )
+        print(
+            f"bare {min(bare_s):.2f} s  local {min(local_s):.2f} s  "
+            f"ratio {out['local_over_bare']:.3f} (target <= 1.3)",
+            flush=True,
+        )
+        if not args.skip_s3:
+            s3_keys = keys[: args.s3_n]
+            s3 = s3_run(model, root, s3_keys, args.repeat)
+            # compared per image with the local run (the S3 run may use fewer images)
+            out["s3"] = {**s3, "n": len(s3_keys)}
+            out["s3_over_local"] = (s3["seconds"] / len(s3_keys)) / (min(local_s) / n)
+            print(
+                f"s3 {s3['seconds']:.2f} s (upload {s3['upload_seconds']:.1f} s)  "
+                f"ratio to local {out['s3_over_local']:.3f} (target <= 1.5)",
+                flush=True,
+            )
+    out["load_after"] = os.getloadavg()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

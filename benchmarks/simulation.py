@@ -1,0 +1,124 @@
+"""Simulation benchmark on the digits: speed, and AUBC of the learner against the reference.
+
+    .venv/bin/python -m benchmarks.simulation            # speed run + AUBC run
+    .venv/bin/python -m benchmarks.simulation --quick    # small smoke run
+    .venv/bin/python -m benchmarks.simulation --skip-aubc
+
+Figures:
+
+- speed: 5 strategies x 3 seeds x 10 rounds (20 -> 120 labels, 10 per round), with the
+  seeds' all-labels models, end to end (decoding included). Target: <= 300 s.
+- aubc: random, entropy and margin, 3 seeds, 20 -> 200 labels by 10 (the issue's setting).
+  Reference: a plain small CNN trained from scratch with random sampling, AUBC 0.883.
+
+Settings for digits: 16 px images (the digits are 8x8 originals, 32 px adds nothing),
+small_cnn of width 16, default training, 2 worker processes. Writes
+``benchmarks/results/simulation.json`` and the figure ``docs/figures/simulation-digits.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from connector.datasets import write_digits
+from connector.model import ModelSpec
+from connector.simulate import SimulationConfig, load_dataset, run_simulation
+from connector.simulate_cli import plot_curves, summary_table
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "simulation.json"
+FIGURE = ROOT.parent / "docs" / "figures" / "simulation-digits.png"
+REFERENCE_AUBC = 0.883
+SPEED_STRATEGIES = ("random", "entropy", "margin", "bald", "coreset")
+
+
+def _machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    return {"cpus": os.cpu_count(), "loadavg_1_5_15": [round(x, 2) for x in load]}
+
+
+def _run(root: Path, cfg: SimulationConfig, label: str) -> dict[str, Any]:
+    before = _machine()
+    t0 = time.perf_counter()
+    res = run_simulation(load_dataset(root), cfg)
+    wall = time.perf_counter() - t0
+    print(f"{label}: {wall:.1f} s (load before {before['loadavg_1_5_15']})", flush=True)
+    from rich.console import Console
+
+    Console().print(summary_table(res))
+    return {"wall_seconds": round(wall, 2), "machine_before": before, "after": _machine(), **res}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.simulation")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 strategies, 3 rounds")
+    parser.add_argument("--skip-aubc", action="store_true", help="only the speed run")
+    parser.add_argument("--skip-speed", action="store_true", help="only the AUBC run")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    spec = ModelSpec(image_size=16, width=16)
+    out: dict[str, Any] = {"reference_aubc": REFERENCE_AUBC, "quick": args.quick}
+    if RESULTS.exists() and (args.skip_aubc or args.skip_speed):
+        # keep the figures of the part not run this time
+        previous = json.loads(RESULTS.read_text())
+        out.update({k: previous[k] for k in ("speed", "aubc") if k in previous})
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "digits"
+        write_digits(root, layout="imagefolder")
+        if not args.skip_speed:
+            speed_cfg = SimulationConfig(
+                strategies=SPEED_STRATEGIES[:2] if args.quick else SPEED_STRATEGIES,
+                seeds=(0,) if args.quick else (0, 1, 2),
+                budget=50 if args.quick else 120,
+                spec=spec,
+                workers=args.workers,
+            )
+            speed = _run(root, speed_cfg, "speed (target <= 300 s)")
+            out["speed"] = {
+                "wall_seconds": speed["wall_seconds"],
+                "target_seconds": 300,
+                "machine_before": speed["machine_before"],
+                "machine_after": speed["after"],
+                "summary": speed["summary"],
+                "seeds": speed["seeds"],
+            }
+        if not args.skip_aubc:
+            aubc_cfg = SimulationConfig(
+                strategies=("random", "entropy", "margin"),
+                seeds=(0,) if args.quick else (0, 1, 2),
+                budget=50 if args.quick else 200,
+                spec=spec,
+                full_data=False,
+                workers=args.workers,
+            )
+            res = _run(root, aubc_cfg, "aubc (20 -> 200 labels, b = 10)")
+            out["aubc"] = {
+                "wall_seconds": res["wall_seconds"],
+                "machine_before": res["machine_before"],
+                "summary": res["summary"],
+                "runs": [
+                    {k: r[k] for k in ("strategy", "seed", "labels", "accuracy", "aubc")}
+                    for r in res["runs"]
+                ],
+            }
+            if not args.quick:
+                FIGURE.parent.mkdir(parents=True, exist_ok=True)
+                plot_curves(res, FIGURE)
+            for row in res["summary"]:
+                print(
+                    f"AUBC {row['strategy']:>8}: {row['aubc_mean']:.4f} ± {row['aubc_std']:.4f}"
+                    f"  (reference random, plain CNN: {REFERENCE_AUBC})"
+                )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

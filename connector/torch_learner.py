@@ -1,0 +1,102 @@
+"""The real ``Learner``: torchvision models trained by ``training``, scored by ``scoring``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connector.learner import ImageRef, Progress, Scored
+from connector.model import ModelSpec
+from connector.scoring import score_pool
+from connector.settings import Settings
+from connector.training import (
+    TrainConfig,
+    TrainedModel,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+    train_classifier,
+)
+
+
+@dataclass
+class TorchLearner:
+    spec: ModelSpec
+    train_config: TrainConfig
+    mc_samples: int = 1
+    batch_size: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TorchLearner:
+        m = settings.model
+        spec = ModelSpec(
+            arch=m.arch,
+            weights=m.weights,
+            freeze_backbone=m.freeze_backbone,
+            image_size=m.image_size,
+            channels=m.channels,
+            dropout=m.dropout,
+            ensemble_size=m.ensemble_size,
+        )
+        overrides: dict[str, Any] = {"seed": m.seed}
+        if m.epochs is not None:
+            overrides["epochs"] = m.epochs
+        if m.batch_size is not None:
+            overrides["batch_size"] = m.batch_size
+        if m.learning_rate is not None:
+            overrides["lr"] = m.learning_rate
+        return cls(spec, TrainConfig(**overrides), m.mc_samples, settings.strategy.score_batch_size)
+
+    def init_model(self, classes: Sequence[str], *, seed: int) -> TrainedModel:
+        return TrainedModel.untrained(self.spec, list(classes), seed=seed)
+
+    def fit(
+        self,
+        images: Sequence[ImageRef],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        *,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> TrainedModel:
+        cfg = TrainConfig(**{**self.train_config.__dict__, "seed": seed})
+        return train_classifier(
+            list(images), list(labels), list(classes), self.spec, cfg, progress=progress
+        )
+
+    def evaluate(
+        self, model: TrainedModel, images: Sequence[ImageRef], labels: Sequence[int]
+    ) -> dict[str, Any]:
+        return evaluate(model, list(images), list(labels))
+
+    def score(
+        self,
+        model: TrainedModel,
+        items: Iterable[tuple[str, bytes | Exception]],
+        *,
+        with_embeddings: bool,
+        progress: Progress | None = None,
+    ) -> Scored:
+        result = score_pool(
+            model,
+            items,
+            mc_samples=self.mc_samples,
+            batch_size=self.batch_size,
+            with_embeddings=with_embeddings,
+            progress=progress,
+        )
+        return Scored(result.outputs, list(result.failures))
+
+    def embed_labeled(self, model: TrainedModel, images: Sequence[ImageRef]) -> np.ndarray:
+        return np.asarray(model.embed(list(images)), dtype=np.float32)
+
+    def save(self, model: TrainedModel, path: Path, extra: dict[str, Any]) -> None:
+        save_checkpoint(model, path, extra)
+
+    def load(self, path: Path) -> TrainedModel:
+        return load_checkpoint(path)
+

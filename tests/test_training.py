@@ -1,0 +1,158 @@
+"""Training: determinism, schedule, class weights, early stopping, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from connector.datasets import DIGIT_CLASSES, LabeledImage
+from connector.errors import ConfigError
+from connector.model import ModelSpec
+from connector.training import (
+    TrainConfig,
+    TrainedModel,
+    class_weights,
+    evaluate,
+    load_checkpoint,
+    plan_schedule,
+    read_checkpoint_meta,
+    save_checkpoint,
+    stratified_holdout,
+    train_classifier,
+)
+
+FAST_SPEC = ModelSpec(image_size=16, width=16)
+FAST_CFG = TrainConfig(min_steps=40, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits(digits_dir: tuple[Path, list[LabeledImage]]) -> tuple[list[Path], list[int]]:
+    root, items = digits_dir
+    return [root / i.key for i in items], [DIGIT_CLASSES.index(i.label) for i in items]
+
+
+@pytest.fixture(scope="module")
+def trained(digits: tuple[list[Path], list[int]]) -> TrainedModel:
+    paths, labels = digits
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(1)
+        return train_classifier(paths[:100], labels[:100], DIGIT_CLASSES, FAST_SPEC, FAST_CFG)
+
+
+def test_training_learns_and_generalises(
+    trained: TrainedModel, digits: tuple[list[Path], list[int]]
+) -> None:
+    paths, labels = digits
+    metrics = evaluate(trained, paths[200:], labels[200:])
+    assert metrics["n"] == 100
+    assert metrics["accuracy"] > 0.6  # 10 classes: chance is 0.1
+    assert set(metrics) >= {"accuracy", "macro_f1", "per_class_accuracy", "confusion", "n"}
+    assert len(metrics["confusion"]) == 10 and sum(map(sum, metrics["confusion"])) == 100
+    assert trained.classes == DIGIT_CLASSES
+    assert trained.data_channels == 1
+
+
+def test_training_is_deterministic_and_leaves_global_rng_alone(
+    trained: TrainedModel, digits: tuple[list[Path], list[int]]
+) -> None:
+    paths, labels = digits
+    state = torch.random.get_rng_state()
+    again = train_classifier(paths[:100], labels[:100], DIGIT_CLASSES, FAST_SPEC, FAST_CFG)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    a = trained.predict(paths[200:230], mc_samples=3)
+    b = again.predict(paths[200:230], mc_samples=3)
+    assert a.shape == (30, 3, 10)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_predict_and_embed_accept_bytes(
+    trained: TrainedModel, digits: tuple[list[Path], list[int]]
+) -> None:
+    paths, _ = digits
+    blobs = [p.read_bytes() for p in paths[:5]]
+    np.testing.assert_allclose(trained.predict(blobs), trained.predict(paths[:5]))
+    emb = trained.embed(blobs)
+    assert emb.shape == (5, trained.feature_dim) and emb.dtype == np.float32
+
+
+def test_checkpoint_round_trip_is_safe_and_atomic(trained: TrainedModel, tmp_path: Path) -> None:
+    path = tmp_path / "round-0001" / "model.pt"
+    save_checkpoint(trained, path, {"round": 1, "model_version": "r0001"})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt", "model.pt.json"]
+    # Loads with the safe unpickler: only tensors and plain containers inside.
+    payload = torch.load(path, weights_only=True)
+    assert set(payload) == {"meta", "tensors"}
+    meta = read_checkpoint_meta(path)
+    assert meta["classes"] == list(DIGIT_CLASSES)
+    assert meta["extra"] == {"round": 1, "model_version": "r0001"}
+    assert meta["spec"]["image_size"] == 16
+    assert json.loads((path.parent / "model.pt.json").read_text())["extra"]["round"] == 1
+    loaded = load_checkpoint(path)
+    x = torch.randint(0, 255, (4, 1, 16, 16), dtype=torch.uint8)
+    np.testing.assert_array_equal(loaded.predict_tensor(x), trained.predict_tensor(x))
+    assert loaded.spec == trained.spec and loaded.classes == trained.classes
+
+
+def test_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"meta": json.dumps({"format": "x"}), "tensors": {}}, path)
+    with pytest.raises(ConfigError, match="format"):
+        load_checkpoint(path)
+
+
+def test_corrupt_labeled_image_is_left_out(digits: tuple[list[Path], list[int]]) -> None:
+    paths, labels = digits
+    images: list[Path | bytes] = [*paths[:20], b"not an image"]
+    out = train_classifier(
+        images, [*labels[:20], 0], DIGIT_CLASSES, FAST_SPEC, TrainConfig(min_steps=2)
+    )
+    assert out.history["skipped"] == [20]
+    assert out.history["n_train"] == 20
+
+
+def test_early_stopping_uses_a_stratified_holdout(digits: tuple[list[Path], list[int]]) -> None:
+    paths, labels = digits
+    cfg = TrainConfig(min_steps=30, max_steps=30, holdout_fraction=0.2, min_holdout=10, patience=2)
+    out = train_classifier(paths[:100], labels[:100], DIGIT_CLASSES, FAST_SPEC, cfg)
+    member = out.history["members"][0]
+    assert 15 <= out.history["n_holdout"] <= 25  # 20% of each class, rounded per class
+    assert 0.0 <= member["holdout_accuracy"] <= 1.0
+    assert member["best_step"] <= member["steps_run"] <= 30
+
+
+def test_schedule_adapts_to_the_labeled_set() -> None:
+    cfg = TrainConfig()
+    bs_small, steps_small = plan_schedule(20, cfg)
+    bs_large, steps_large = plan_schedule(5000, cfg)
+    assert (bs_small, steps_small) == (16, cfg.min_steps)
+    assert bs_large == 128 and steps_large == cfg.max_steps
+    assert plan_schedule(100, TrainConfig(epochs=3, batch_size=25)) == (25, 12)
+
+
+def test_class_weights_balance_frequencies() -> None:
+    w = class_weights(torch.tensor([0, 0, 0, 1]), 3)
+    counts = torch.tensor([3.0, 1.0, 0.0])
+    assert w[2] == 0
+    assert torch.allclose(w[0] * counts[0], w[1] * counts[1])
+
+
+def test_holdout_keeps_two_training_items_per_class() -> None:
+    y = np.array([0] * 50 + [1] * 3 + [2] * 2)
+    tr, ho = stratified_holdout(y, 0.3, 5, np.random.default_rng(0))
+    assert len(np.intersect1d(tr, ho)) == 0 and len(tr) + len(ho) == len(y)
+    assert (y[tr] == 1).sum() >= 2 and (y[tr] == 2).sum() == 2
+    _, none = stratified_holdout(y, 0.05, 5, np.random.default_rng(0))
+    assert len(none) == 0
