@@ -99,4 +99,3 @@ class TorchLearner:
 
     def load(self, path: Path) -> TrainedModel:
         return load_checkpoint(path)
-
