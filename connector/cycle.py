@@ -436,8 +436,11 @@ class RoundEngine:
             # After the push: Label Studio accepts a model version only once a prediction
             # carries it. From now on it shows and samples this round's predictions.
             self.ports.labeling.set_model_version(version)
-        _, total = self.state.batch_progress(rnd.round)
+        done, total = self.state.batch_progress(rnd.round)
         self.state.set_phase(rnd.round, Phase.WAIT, metrics={"pushed": total})
+        finished = self.state.get_round(rnd.round)
+        assert finished is not None
+        report.write_round_report(self.round_dir(rnd.round), finished, done, total)
         log.info(
             "round %d (%s): %d tasks in Label Studio; waiting for labels", rnd.round, version, total
         )

@@ -97,6 +97,59 @@ def write_selection(
         _plot_scores(round_dir / "scores.png", np.asarray(pool_scores), chosen, rnd)
 
 
+def write_round_report(round_dir: Path, rnd: Round, done: int, total: int) -> None:
+    """``metrics.json`` (everything the round measured) and ``report.md`` (for people)."""
+    write_json(
+        round_dir / "metrics.json",
+        {
+            "round": rnd.round,
+            "model_version": rnd.model_version,
+            "strategy": rnd.strategy,
+            "params": rnd.params,
+            "trigger": rnd.trigger,
+            "started_at": iso(rnd.started_at),
+            "batch_done": done,
+            "batch_total": total,
+            **rnd.metrics,
+        },
+    )
+    val = rnd.metrics.get("validation") or {}
+    sel = rnd.metrics.get("selection") or {}
+    lines = [
+        f"# Round {rnd.round}",
+        "",
+        f"- model version: `{rnd.model_version or 'none (no model yet)'}`",
+        f"- strategy: `{rnd.strategy}` {rnd.params or ''} (started by {rnd.trigger})",
+        f"- training labels: {rnd.metrics.get('n_train', 0)}",
+    ]
+    if val.get("accuracy") is not None:
+        f1 = f", macro F1 {val['macro_f1']:.3f}" if val.get("macro_f1") is not None else ""
+        lines.append(f"- validation accuracy: {val['accuracy']:.3f} on {val['n']} items{f1}")
+        per_class = val.get("per_class_accuracy") or {}
+        if isinstance(per_class, dict) and per_class:
+            worst = sorted(per_class.items(), key=lambda kv: (kv[1] is None, kv[1]))[:3]
+            lines.append(
+                "- weakest classes: " + ", ".join(f"{c} {a:.2f}" for c, a in worst if a is not None)
+            )
+    lines.append(f"- batch: {total} tasks pushed, {done} done so far")
+    if sel.get("candidates") is not None:
+        lines.append(
+            f"- candidates scored: {sel['candidates']}"
+            + (f", unreadable: {len(sel['unreadable'])}" if sel.get("unreadable") else "")
+        )
+    if sel.get("selected_mean_percentile") is not None:
+        lines.append(
+            f"- chosen items sit at the {100 * sel['selected_mean_percentile']:.0f}th "
+            "percentile of the candidates' scores on average"
+        )
+    if sel.get("pool_mean_confidence") is not None:
+        lines.append(
+            f"- pool mean confidence: {sel['pool_mean_confidence']:.3f} (rising and "
+            "flattening: more labels buy little)"
+        )
+    (round_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
 def _plot_scores(path: Path, scores: np.ndarray, chosen: list[float], rnd: Round) -> None:
     import matplotlib
 

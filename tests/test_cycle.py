@@ -36,7 +36,7 @@ def test_rounds_push_unique_items_and_learn(tmp_path: Path, digit_objects: Any) 
         assert all(t.task.predicted_label in DIGIT_CLASSES for t in new)
         assert sorted(t.task.priority for t in new) == list(range(20))
         rdir = tmp_path / "state" / "rounds" / f"{expected:04d}"
-        assert {"model.pt", "selection.json", "diagnostics.json"} <= {
+        assert {"model.pt", "selection.json", "diagnostics.json", "metrics.json", "report.md"} <= {
             p.name for p in rdir.iterdir()
         }
     # Every pushed item is unique (a task per item, tasks keyed by item id).
