@@ -13,7 +13,6 @@ strategy) and a first batch chosen by the cold-start strategy, without a model.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -24,36 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from connector import report
 from connector.cache import LabeledCache
 from connector.errors import ConfigError
 from connector.learner import Learner, Scored
 from connector.ports import LabelingBackend, ObjectStore, TaskToPush
+from connector.selection import Pick, picks, readable_prefix, sample_candidates
 from connector.settings import Settings
 from connector.state import Phase, Round, SelectedItem, StateDB, iso, parse_iso, utcnow
 from strategies import PoolOutputs, Selection, get_strategy
 
 log = logging.getLogger(__name__)
 
-
-def image_problem(data: bytes | Exception) -> str | None:
-    """Why ``data`` is not a usable image (None if it is): missing, empty, corrupt."""
-    if isinstance(data, Exception):
-        return f"cannot be read: {type(data).__name__}: {data}"
-    if not data:
-        return "zero-byte object"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "not an image"
-        return f"not a decodable image: {exc}"
-    return None
-
-
-#: A chosen item: (item id, acquisition score, predicted class, confidence).
-Pick = tuple[str, float | None, str | None, float | None]
 
 #: Meta keys of the state db.
 LS_WATERMARK = "ls_watermark"
@@ -365,11 +347,9 @@ class RoundEngine:
             diagnostics["unreadable"] = [{"item": i, "reason": r} for i, r in scored.failures]
             log.warning("round %d: %d unreadable pool items quarantined", rnd.round, n_bad)
         out = scored.outputs
-        ids_scored = list(out.ids or [])
-        pos = {item: j for j, item in enumerate(ids_scored)}
+        pos = {item: j for j, item in enumerate(out.ids or [])}
         pin_rows = [pos[i] for i in ids[:n_pinned] if i in pos]
         rest_rows = np.asarray([pos[i] for i in ids[n_pinned:] if i in pos], dtype=np.int64)
-        probs_mean = out.probs_N_K_C.mean(axis=1)
         pool = out.subset(rest_rows)
         if strategy.needs_embeddings and out.emb_N_D is not None:
             labeled = self._labeled("train")
@@ -385,17 +365,7 @@ class RoundEngine:
         diagnostics["strategy"] = sel.strategy
         diagnostics.update(report.score_diagnostics(strategy, pool, sel))
 
-        def row(j: int, score: float | None) -> Pick:
-            p = probs_mean[j]
-            c = int(np.argmax(p))
-            return ids_scored[j], score, self.classes[c], float(p[c])
-
-        chosen = [row(j, None) for j in pin_rows]
-        chosen += [
-            row(int(rest_rows[i]), float(s))
-            for i, s in zip(sel.indices.tolist(), sel.scores.tolist(), strict=True)
-        ]
-        return chosen, diagnostics
+        return picks(out, pin_rows, rest_rows, sel, self.classes), diagnostics
 
     def _score(self, model: Any, ids: list[str], with_embeddings: bool) -> Scored:
         items = self.ports.store.read_many(ids, max_workers=self.settings.storage.read_concurrency)
@@ -447,53 +417,20 @@ class RoundEngine:
 
     # ------------------------------------------------------------------ helpers
     def _candidates(self, rng: np.random.Generator) -> list[str]:
-        """Unqueued, unlabeled items; a random subset of ``max_candidates`` if set.
-
-        Reservoir sampling keeps memory at ``max_candidates`` however large the pool.
-        """
-        limit = self.settings.strategy.max_candidates
-        if limit is None:
-            return list(self.state.iter_candidate_ids())
-        reservoir: list[str] = []
-        for n, item in enumerate(self.state.iter_candidate_ids()):
-            if n < limit:
-                reservoir.append(item)
-            else:
-                j = int(rng.integers(0, n + 1))
-                if j < limit:
-                    reservoir[j] = item
-        return sorted(reservoir)
+        """Unqueued, unlabeled items; a random subset of ``max_candidates`` if set
+        (reservoir sampling: memory stays at that size however large the pool)."""
+        ids = self.state.iter_candidate_ids()
+        return sample_candidates(ids, self.settings.strategy.max_candidates, rng)
 
     def _readable(self, ordered: list[str], n: int) -> list[str]:
-        """The first ``n`` items of ``ordered`` whose objects decode as images.
-
-        Used where no model reads the items (cold start), so that a corrupt object is
-        quarantined here rather than pushed to annotators as a broken task.
-        """
-        good: list[str] = []
-        pos = 0
-        while len(good) < n and pos < len(ordered):
-            chunk = ordered[pos : pos + max(8, 2 * (n - len(good)))]
-            pos += len(chunk)
-            bad = []
-            reads = self.ports.store.read_many(
-                chunk, max_workers=self.settings.storage.read_concurrency
-            )
-            for key, data in reads:
-                problem = image_problem(data)
-                if problem is None:
-                    good.append(key)
-                else:
-                    bad.append((key, problem))
-            if bad:
-                self.state.mark_corrupt(bad)
-                log.warning(
-                    "%d unreadable pool items quarantined, e.g. %s: %s",
-                    len(bad),
-                    bad[0][0],
-                    bad[0][1],
-                )
-        return good[:n]
+        """The first ``n`` readable items of ``ordered``; unreadable ones are quarantined."""
+        good, bad = readable_prefix(
+            self.ports.store, ordered, n, self.settings.storage.read_concurrency
+        )
+        if bad:
+            self.state.mark_corrupt(bad)
+            log.warning("%d unreadable pool items quarantined, e.g. %s: %s", len(bad), *bad[0])
+        return good
 
     def _labeled(self, split: str) -> list[tuple[Path, int]]:
         """Labeled items of a split as cached files with class indices."""

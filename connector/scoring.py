@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +27,13 @@ import torch
 from connector.images import BadImage, decode_image
 from connector.model import TrainedModel
 from connector.ports import ObjectStore
+from connector.selection import sample_candidates
 from connector.training import ProgressFn
 from strategies import PoolOutputs
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ScoreResult", "sample_candidates", "score_pool", "score_store"]
 
 
 @dataclass(frozen=True)
@@ -222,44 +225,3 @@ def score_store(
         seed=seed,
         prefetch=prefetch,
     )
-
-
-def sample_candidates(
-    keys: Iterable[str], max_candidates: int | None, rng: np.random.Generator
-) -> list[str]:
-    """A uniform random subset of at most ``max_candidates`` keys, in their input order.
-
-    One pass and ``O(max_candidates)`` memory however long ``keys`` is (reservoir
-    sampling, Li's "Algorithm L", ACM TOMS 1994: it draws a random skip length instead of
-    a random number per key). ``None`` keeps every key.
-    """
-    if max_candidates is None:
-        return list(keys)
-    if max_candidates < 0:
-        raise ValueError(f"max_candidates must be >= 0 or None, got {max_candidates}")
-    m = int(max_candidates)
-    if m == 0:
-        return []
-    reservoir: list[tuple[int, str]] = []
-    it: Iterator[tuple[int, str]] = enumerate(keys)
-    for pair in it:
-        reservoir.append(pair)
-        if len(reservoir) == m:
-            break
-    else:
-        return [k for _, k in reservoir]
-    # u in (0, 1]: log(u) is finite.
-    w = float(np.exp(np.log(1.0 - rng.random()) / m))
-    while True:
-        skip = int(np.floor(np.log(1.0 - rng.random()) / np.log1p(-w))) if w < 1.0 else 0
-        taken: tuple[int, str] | None = None
-        for _ in range(skip + 1):
-            taken = next(it, None)
-            if taken is None:
-                break
-        if taken is None:
-            break
-        reservoir[int(rng.integers(m))] = taken
-        w *= float(np.exp(np.log(1.0 - rng.random()) / m))
-    reservoir.sort()
-    return [k for _, k in reservoir]
