@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,7 @@ from connector.errors import BadItem, ConfigError
 from connector.images import BadImage, decode_image, infer_channels, random_affine
 from connector.model import ModelSpec, TrainedModel, build_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _png(mode: str = "L", size: tuple[int, int] = (20, 12)) -> bytes:
