@@ -507,7 +507,19 @@ class LocalStore:
     def read_many(
         self, keys: Iterable[str], max_workers: int = 8
     ) -> Iterator[tuple[str, bytes | Exception]]:
-        return read_many_ordered(self.read, keys, max_workers)
+        """Read in the caller's thread, in order; ``max_workers`` is accepted and unused.
+
+        Local reads come from the page cache in microseconds, so a thread pool hides no
+        latency; it only contends for the GIL with the model. Measured while scoring
+        20,000 images (K=20, one run): 16 reader threads made scoring 1.8x-2.5x slower
+        than the bare forward passes, reading in the caller's thread 0.96x-1.30x.
+        """
+        del max_workers
+        for key in keys:
+            try:
+                yield key, self.read(key)
+            except Exception as exc:  # handed to the caller per item, as the S3 store does
+                yield key, exc
 
     def url_for(self, key: str) -> str:
         path = self._path(key)
