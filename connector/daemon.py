@@ -39,6 +39,9 @@ class Daemon:
     engine: RoundEngine
     metrics: Metrics = field(default_factory=Metrics)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    #: Called (best effort) on a second signal, just before the process exits, e.g. to
+    #: stop child servers the process started (the demo's Label Studio).
+    on_force_stop: list[Callable[[], None]] = field(default_factory=list)
     _signals: int = 0
     _ready: bool = False
     _heartbeat: float = field(default_factory=time.time)
@@ -158,6 +161,11 @@ class Daemon:
                 self.stop_event.set()
             else:
                 log.warning("second signal: stopping now")
+                for stop in self.on_force_stop:
+                    try:
+                        stop()
+                    except Exception:  # best effort on the way out; the exit still happens
+                        log.exception("cleanup on a forced stop failed")
                 os._exit(130)
 
         signal.signal(signal.SIGTERM, handle)

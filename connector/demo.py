@@ -112,7 +112,7 @@ def random_baseline(
 @click.option("--rounds", default=4, show_default=True, help="Rounds after the cold start.")
 @click.option("--batch-size", default=20, show_default=True)
 @click.option("--validation-size", default=100, show_default=True)
-@click.option("--strategy", default="entropy", show_default=True)
+@click.option("--strategy", default="margin", show_default=True)
 @click.option("--images", default=600, show_default=True, help="Digits in the pool.")
 @click.option("--skip-rate", default=0.05, show_default=True, help="Tasks the annotator skips.")
 @click.option("--delay", default=0.05, show_default=True, help="Seconds per annotation.")
@@ -224,7 +224,7 @@ def demo_cmd(
         )
         annotator.start()
         stack.callback(annotator.stop_event.set)
-        daemon = Daemon(settings, app.engine)
+        daemon = Daemon(settings, app.engine, on_force_stop=[ls.stop, s3.stop])
         monitor = threading.Thread(
             target=_monitor, args=(daemon, annotator, pool_dir, truth, rounds), daemon=True
         )

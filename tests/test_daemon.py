@@ -101,3 +101,60 @@ def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+
+
+FORCE_SCRIPT = textwrap.dedent(
+    """
+    import sys, logging, time
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    logging.basicConfig(level=logging.INFO)
+    from connector.datasets import digit_png, digits_arrays
+    from connector.daemon import Daemon
+    from tests.fakes import build, label_all
+    images, labels = digits_arrays()
+    objects = {{f"d{{i:04d}}.png": digit_png(images[i]) for i in range(120)}}
+    truth = {{k: str(labels[i]) for i, k in enumerate(objects)}}
+    engine, labeling, learner = build(Path({tmp!r}), objects, server={{"port": None}})
+    engine.step()
+    label_all(labeling, truth)
+    def slow_fit(*args, **kwargs):
+        print("TRAINING", flush=True)
+        time.sleep(60)  # a long phase: the first signal waits for it, the second does not
+    learner.fit = slow_fit
+    marker = Path({tmp!r}) / "cleaned-up"
+    Daemon(engine.settings, engine, on_force_stop=[marker.touch]).run()
+    print("EXITED", flush=True)
+    """
+)
+
+
+def test_second_signal_stops_now_after_cleanup(tmp_path: Path) -> None:
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORCE_SCRIPT.format(root=root, tmp=str(tmp_path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "TRAINING" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "TRAINING" in seen, seen
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the first signal waits for the running phase"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, seen + out
+        assert "EXITED" not in out
+        assert (tmp_path / "cleaned-up").exists(), "on_force_stop ran before the exit"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
