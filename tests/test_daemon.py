@@ -10,6 +10,8 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
+@contextmanager
+def daemon_process(script: str, tmp_path: Path, until: str) -> Iterator[tuple[Any, str]]:
+    """Run ``script`` in a child Python, wait (bounded) until it prints ``until``; the
+    child is killed at the end if it is still running."""
     root = str(Path(__file__).resolve().parents[1])
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT.format(root=root, tmp=str(tmp_path))],
+        [sys.executable, "-c", script.format(root=root, tmp=str(tmp_path))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -88,19 +93,24 @@ def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
         seen = ""
-        while "round 0" not in seen and time.monotonic() < deadline:
+        while until not in seen and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             seen += line
-        assert "round 0" in seen, seen
+        assert until in seen, seen
+        yield proc, seen
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_stops_gracefully(tmp_path: Path) -> None:
+    with daemon_process(SCRIPT, tmp_path, until="round 0") as (proc, seen):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, seen + out
         assert "EXITED" in out and "stopped" in out
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
 
 
 FORCE_SCRIPT = textwrap.dedent(
@@ -130,23 +140,7 @@ FORCE_SCRIPT = textwrap.dedent(
 
 
 def test_second_signal_stops_now_after_cleanup(tmp_path: Path) -> None:
-    root = str(Path(__file__).resolve().parents[1])
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FORCE_SCRIPT.format(root=root, tmp=str(tmp_path))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        seen = ""
-        while "TRAINING" not in seen and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += line
-        assert "TRAINING" in seen, seen
+    with daemon_process(FORCE_SCRIPT, tmp_path, until="TRAINING") as (proc, seen):
         proc.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         assert proc.poll() is None, "the first signal waits for the running phase"
@@ -155,6 +149,3 @@ def test_second_signal_stops_now_after_cleanup(tmp_path: Path) -> None:
         assert proc.returncode == 130, seen + out
         assert "EXITED" not in out
         assert (tmp_path / "cleaned-up").exists(), "on_force_stop ran before the exit"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
