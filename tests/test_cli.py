@@ -1,0 +1,102 @@
+"""The command line against the real servers: check, run --once, status."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from connector.cli import main
+from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits
+
+servers = [pytest.mark.labelstudio, pytest.mark.s3]
+
+
+def write_settings(tmp_path: Path, ls_url: str, endpoint: str, bucket: str) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        f"""
+[label_studio]
+url = "{ls_url}"
+project_title = "alc-cli-{uuid.uuid4().hex[:8]}"
+
+[storage]
+kind = "s3"
+bucket = "{bucket}"
+prefix = "pool/"
+endpoint_url = "{endpoint}"
+region = "{REGION}"
+access_key_id = "{FAKE_ACCESS_KEY_ID}"
+secret_access_key = "{FAKE_SECRET_ACCESS_KEY}"
+
+[labels]
+classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+
+[strategy]
+name = "margin"
+batch_size = 10
+
+[validation]
+size = 10
+
+[state]
+dir = "state"
+
+[server]
+port = 0
+"""
+    )
+    return path
+
+
+@servers[0]
+@servers[1]
+def test_check_run_once_and_status(
+    tmp_path: Path,
+    label_studio: Any,
+    s3_server: str,
+    s3_client: Any,
+    s3_bucket: str,
+    digits_dir: Any,
+) -> None:
+    upload_digits(s3_client, s3_bucket, "pool/", digits_dir, limit=60)
+    config = write_settings(tmp_path, label_studio.url, s3_server, s3_bucket)
+    env = {"ALC_LABEL_STUDIO__TOKEN": label_studio.legacy_token}
+    runner = CliRunner()
+    checked = runner.invoke(main, ["check", "--config", str(config)], env=env)
+    assert checked.exit_code == 0, checked.output
+    assert "ok   object storage" in checked.output and "ok   label studio" in checked.output
+    ran = runner.invoke(main, ["run", "--once", "--config", str(config)], env=env)
+    assert ran.exit_code == 0, ran.output
+    status = json.loads(ran.output[ran.output.index("{") :])
+    assert status["round"]["number"] == 0 and status["round"]["batch_total"] == 20
+    shown = runner.invoke(main, ["status", "--config", str(config), "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["items"]["queued"] == 20
+
+
+@servers[0]
+@servers[1]
+def test_check_names_the_fix_for_a_wrong_token(
+    tmp_path: Path, label_studio: Any, s3_server: str, s3_bucket: str
+) -> None:
+    config = write_settings(tmp_path, label_studio.url, s3_server, s3_bucket)
+    result = CliRunner().invoke(
+        main, ["check", "--config", str(config)], env={"ALC_LABEL_STUDIO__TOKEN": "not-a-token"}
+    )
+    assert result.exit_code == 1
+    assert "FAIL label studio" in result.output
+    assert "token" in result.output.lower()
+    assert "not-a-token" not in result.output
+
+
+def test_bad_settings_exit_2_with_the_fix(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text("[strategy]\nbatch_size = 0\n")
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "ALC_STRATEGY__BATCH_SIZE" in result.output
