@@ -13,8 +13,6 @@ from click.testing import CliRunner
 from connector.cli import main
 from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits
 
-servers = [pytest.mark.labelstudio, pytest.mark.s3]
-
 
 def write_settings(tmp_path: Path, ls_url: str, endpoint: str, bucket: str) -> Path:
     path = tmp_path / "settings.toml"
@@ -53,8 +51,8 @@ port = 0
     return path
 
 
-@servers[0]
-@servers[1]
+@pytest.mark.labelstudio
+@pytest.mark.s3
 def test_check_run_once_and_status(
     tmp_path: Path,
     label_studio: Any,
@@ -79,8 +77,8 @@ def test_check_run_once_and_status(
     assert json.loads(shown.output)["items"]["queued"] == 20
 
 
-@servers[0]
-@servers[1]
+@pytest.mark.labelstudio
+@pytest.mark.s3
 def test_check_names_the_fix_for_a_wrong_token(
     tmp_path: Path, label_studio: Any, s3_server: str, s3_bucket: str
 ) -> None:
