@@ -13,7 +13,6 @@ validation split.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -152,13 +151,11 @@ def demo_cmd(
     from connector.storage import S3Store
 
     bin_path = find_label_studio(label_studio_bin)
-    own_tmp = workdir is None
     root = Path(tempfile.mkdtemp(prefix="al-demo-")) if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         _log_to_file(root / "demo.log", verbose)
-        if own_tmp and not keep_running:
-            stack.callback(shutil.rmtree, root, ignore_errors=True)
+        # The folder is kept: the report, plots and log it ends by pointing at live there.
         click.echo(f"demo folder: {root}")
         pool_dir = root / "pool"
         written = write_digits(pool_dir, limit=images, seed=0)
@@ -238,6 +235,7 @@ def demo_cmd(
         click.echo(f"per-round selections and score histograms: {settings.rounds_dir()}/NNNN/")
         click.echo(f"stopping signals: {summary['stopping']}")
         click.echo(f"full log: {root / 'demo.log'}")
+        click.echo(f"everything is in {root}; delete the folder when you are done with it")
         if keep_running:
             click.echo(
                 f"\nLabel Studio stays up at {ls.url}  login: {ls.username} / "
