@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from connector.files import atomic_write_text
 from connector.state import Round, SelectedItem, StateDB, iso
 from strategies import PoolOutputs, Selection, Strategy, item_scores
 
@@ -26,15 +25,7 @@ log = logging.getLogger(__name__)
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _entropy_N(probs_N_C: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ accuracy curves with their spread over seeds) into ``--out``, and prints a table
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from connector.errors import ConfigError
+from connector.files import atomic_write, atomic_write_text
 from connector.model import ModelSpec, available_archs
 from connector.simulate import SimulationConfig, count_work, load_dataset, run_simulation
 from connector.training import TrainConfig
@@ -61,16 +61,12 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    atomic_write(path, fig.savefig)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=1, sort_keys=False) + "\n")
 
 
 def summary_table(result: dict[str, Any]) -> Table:

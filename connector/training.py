@@ -25,7 +25,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from connector.errors import BadItem, ConfigError
+from connector.files import atomic_write, atomic_write_text
 from connector.images import (
     ImageSource,
     channel_stats,
@@ -394,22 +394,6 @@ CHECKPOINT_FORMAT = "al-connector-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with tmp.open("rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 def save_checkpoint(
     trained: TrainedModel, path: Path | str, extra: dict[str, Any] | None = None
 ) -> None:
@@ -444,8 +428,8 @@ def save_checkpoint(
         for name, value in member.state_dict().items():
             tensors[f"members.{i}.{name}"] = value.detach().clone()
     payload = {"meta": meta_text, "tensors": tensors}
-    _atomic_write(path, lambda p: torch.save(payload, p))
-    _atomic_write(Path(f"{path}.json"), lambda p: _write_text(p, meta_text + "\n"))
+    atomic_write(path, lambda p: torch.save(payload, p))
+    atomic_write_text(Path(f"{path}.json"), meta_text + "\n")
 
 
 def read_checkpoint_meta(path: Path | str) -> dict[str, Any]:
