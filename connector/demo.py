@@ -190,7 +190,7 @@ def demo_cmd(
             **{
                 "label_studio": {
                     "url": ls.url,
-                    "token": ls.token,
+                    "token": ls.legacy_token,
                     "project_title": "al-demo digits",
                 },
                 "storage": {

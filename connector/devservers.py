@@ -99,11 +99,6 @@ class LabelStudioServer:
     def legacy_token(self) -> str:
         return self.credentials.legacy_token
 
-    @property
-    def token(self) -> str:
-        """The legacy API token (what ``label_studio.token`` takes)."""
-        return self.credentials.legacy_token
-
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
 
