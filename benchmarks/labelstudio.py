@@ -146,7 +146,6 @@ def _poll_setup(b: Bench, size: int, changes: int) -> tuple[LabelStudioAdapter, 
     for start in range(0, size, 5000):
         b.raw_import(pid, _payload(tasks[start : start + 5000], "bench-r1"))
     adapter = b.adapter(pid)
-    adapter.overlap_s = 0.0
     watermark: datetime | None = adapter.poll(None).watermark
     step = max(1, size // changes)
     ids = sorted(adapter.existing_tasks().values())[::step][:changes]

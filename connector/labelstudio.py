@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -74,8 +74,6 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
             ``labelstudio_resolve``).
         import_chunk_size: tasks per import call.
         page_size: tasks per page when polling.
-        overlap_s: seconds subtracted from ``since`` in ``poll`` (a commit that lands just
-            after a poll with an earlier timestamp is still seen). Re-reading is harmless.
         timeout_s / import_timeout_s: HTTP timeouts of ordinary calls / of one import.
         retry_attempts / retry_max_wait_s: the transient-error retry policy's bounds.
     """
@@ -93,7 +91,6 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         multi_annotation: Rule = "ground_truth_then_latest",
         import_chunk_size: int = 500,
         page_size: int = 100,
-        overlap_s: float = 2.0,
         timeout_s: float = 30.0,
         import_timeout_s: float = 300.0,
         retry_attempts: int = 5,
@@ -114,7 +111,6 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         self.multi_annotation: Rule = multi_annotation
         self.import_chunk_size = import_chunk_size
         self.page_size = page_size
-        self.overlap_s = overlap_s
         self.import_timeout_s = import_timeout_s
         self.ls = LabelStudioClient(
             url,
@@ -364,11 +360,16 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
 
     # ------------------------------------------------------------------ poll
     def poll(self, since: datetime | None) -> PollResult:
-        """The label state of every connector task updated since ``since - overlap_s``."""
+        """The label state of every connector task updated after ``since`` (all if None).
+
+        The caller owns the re-read window: the cycle passes its watermark minus
+        ``polling.overlap_seconds``, so a commit that lands after a poll with an earlier
+        ``updated_at`` is still seen. Re-reading is harmless (states are idempotent).
+        """
         to_class = self._class_of()
         cursor = None
         if since is not None:
-            cursor = dm_datetime(as_utc(since) - timedelta(seconds=self.overlap_s))
+            cursor = dm_datetime(as_utc(since))
         latest: dict[int, Any] = {}
         for task in self.ls.changed_tasks(cursor, self.page_size):
             latest[int(task.id)] = task  # a task read twice: its later read wins

@@ -121,7 +121,7 @@ class FakeLabeling:
         task.updated_at = self.tick()
 
     def poll(self, since: datetime | None) -> PollResult:
-        changed = [t for t in self.tasks.values() if since is None or t.updated_at >= since]
+        changed = [t for t in self.tasks.values() if since is None or t.updated_at > since]
         states = [
             TaskLabelState(
                 task_id=t.id,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.datasets import DIGIT_CLASSES
+from connector.schema import parse_iso
 from connector.state import Phase
 from tests.fakes import build, label_all
 
@@ -184,3 +186,29 @@ def test_idle_polls_never_move_the_watermark_back(tmp_path: Path, digit_objects:
     for _ in range(3):
         engine.poll_labels()  # nothing changed: the fake answers with the overlapped since
     assert engine.state.get_meta("ls_watermark") == mark
+
+
+def test_polls_reread_the_overlap_window_before_the_watermark(
+    tmp_path: Path, digit_objects: Any
+) -> None:
+    objects, truth = digit_objects
+    engine, labeling, _ = build(tmp_path, objects)
+    engine.step()
+    first, late = sorted(labeling.tasks)[:2]
+    labeling.annotate(first, "labeled", truth[first])
+    engine.poll_labels()
+    mark = parse_iso(engine.state.get_meta("ls_watermark"))
+    assert mark is not None
+    seen: list[Any] = []
+    poll = labeling.poll
+    labeling.poll = lambda since: seen.append(since) or poll(since)  # type: ignore[method-assign]
+    # A commit that lands after that poll but carries an earlier updated_at (a transaction
+    # that started before it): inside the overlap window, so the next poll still sees it.
+    labeling.annotate(late, "labeled", truth[late])
+    labeling.tasks[late].updated_at = mark - timedelta(seconds=10)
+    engine.poll_labels()
+    overlap = timedelta(seconds=engine.settings.polling.overlap_seconds)
+    assert seen == [mark - overlap]
+    stored = engine.state.item(late)
+    assert stored is not None and stored.status == "labeled" and stored.label == truth[late]
+    assert parse_iso(engine.state.get_meta("ls_watermark")) == mark  # never moved back

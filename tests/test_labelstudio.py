@@ -282,7 +282,7 @@ def _state_map(result: Any) -> dict[str, Any]:
 def test_poll_is_incremental_and_resolves_states(
     ls_project: LabelStudioProject, ls_client: LabelStudio
 ) -> None:
-    adapter = ls_project.adapter(overlap_s=0, page_size=2)
+    adapter = ls_project.adapter(page_size=2)
     mapping = adapter.push(_tasks(5), "r1")
     items = list(mapping)
     first = adapter.poll(None)
@@ -330,10 +330,11 @@ def test_poll_overlap_rereads_without_double_counting(
     ls_project: LabelStudioProject, ls_client: LabelStudio
 ) -> None:
     mapping = ls_project.adapter().push(_tasks(4), "r1")
-    wide = ls_project.adapter(overlap_s=3600, page_size=3)
-    base = wide.poll(None)
+    adapter = ls_project.adapter(page_size=3)
+    base = adapter.poll(None)
+    assert base.watermark is not None
     annotate(ls_client, mapping["pool/digit-00001.png"], "1")
-    again = wide.poll(base.watermark)
+    again = adapter.poll(base.watermark - timedelta(hours=1))  # the cycle's overlap window
     states = _state_map(again)  # asserts no duplicates
     assert set(states) == set(mapping)  # the overlap re-reads the hour: idempotent states
     assert states["pool/digit-00001.png"].label == "1"
