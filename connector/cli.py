@@ -115,6 +115,7 @@ def check(config_path: Path | None) -> None:
     if labeling is not None:
         click.echo(f"     classes: {', '.join(classes_for(settings, labeling))}")
     report("state dir", lambda: _check_state_dir(settings))
+    click.echo(_describe_kernels())
     if store is None or labeling is None or problems:
         sys.exit(1)
 
@@ -122,6 +123,19 @@ def check(config_path: Path | None) -> None:
 def _describe_store(store: Any) -> str:
     info = store.check()
     return f"{store.describe()} {info}"
+
+
+def _describe_kernels() -> str:
+    """Which -sum p log p kernels score the pool: a missing build is slow, not broken."""
+    import strategies
+
+    variant = strategies.compiled_kernels()
+    if variant is not None:
+        return f"ok   acquisition kernels: compiled ({variant})"
+    return (
+        "warn acquisition kernels: torch fallback, BALD about 3x slower; strategies._xlogx "
+        "was not built: install a C compiler (gcc) and reinstall al-connector"
+    )
 
 
 def _check_state_dir(settings: Settings) -> str:
