@@ -9,18 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from connector.checkpoints import load_checkpoint, save_checkpoint
 from connector.learner import ImageRef, Progress, Scored
 from connector.model import ModelSpec
 from connector.scoring import score_pool
 from connector.settings import Settings
-from connector.training import (
-    TrainConfig,
-    TrainedModel,
-    evaluate,
-    load_checkpoint,
-    save_checkpoint,
-    train_classifier,
-)
+from connector.training import TrainConfig, TrainedModel, evaluate, train_classifier
 
 
 @dataclass

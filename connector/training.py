@@ -22,13 +22,11 @@ augmentation come from a private ``torch.Generator``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -36,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 from connector.errors import BadItem, ConfigError
-from connector.files import atomic_write, atomic_write_text
 from connector.images import (
     ImageSource,
     channel_stats,
@@ -388,105 +385,7 @@ def evaluate(
     return out
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT_FORMAT = "al-connector-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-def save_checkpoint(
-    trained: TrainedModel, path: Path | str, extra: dict[str, Any] | None = None
-) -> None:
-    """Write ``trained`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
-
-    The file is a ``torch.save`` of plain containers: ``{"meta": <JSON text>, "tensors":
-    {name: tensor}}``, so ``torch.load(weights_only=True)`` reads it without running any
-    pickled code. ``meta`` holds the model spec, the label map (class order), the
-    training settings and history, and ``extra`` (e.g. round, model version; it must be
-    JSON-serialisable). A copy of ``meta`` is written beside it as ``<path>.json`` for
-    people and tools.
-    """
-    path = Path(path)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "spec": asdict(trained.spec),
-        "classes": list(trained.classes),
-        "data_channels": trained.data_channels,
-        "members": len(trained.members),
-        "train_config": trained.config,
-        "history": trained.history,
-        "extra": extra or {},
-        "torch": torch.__version__,
-    }
-    meta_text = json.dumps(meta, indent=2, sort_keys=True)
-    tensors: dict[str, torch.Tensor] = {
-        "norm.mean": trained.mean.detach().clone(),
-        "norm.std": trained.std.detach().clone(),
-    }
-    for i, member in enumerate(trained.members):
-        for name, value in member.state_dict().items():
-            tensors[f"members.{i}.{name}"] = value.detach().clone()
-    payload = {"meta": meta_text, "tensors": tensors}
-    atomic_write(path, lambda p: torch.save(payload, p))
-    atomic_write_text(Path(f"{path}.json"), meta_text + "\n")
-
-
-def read_checkpoint_meta(path: Path | str) -> dict[str, Any]:
-    """The metadata of a checkpoint (settings, label map, extra), loaded safely."""
-    return _load_payload(Path(path))[0]
-
-
-def _load_payload(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = json.loads(payload["meta"])
-        tensors = payload["tensors"]
-    except Exception as exc:
-        raise ConfigError(
-            f"{path} is not a readable al-connector checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(
-            f"{path} has format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"this connector reads {CHECKPOINT_FORMAT!r} version {CHECKPOINT_VERSION}"
-        )
-    return meta, tensors
-
-
-def load_checkpoint(path: Path | str) -> TrainedModel:
-    """Load a checkpoint written by ``save_checkpoint`` (no pickled code is run).
-
-    The model is rebuilt without fetching pretrained weights: the file holds them all.
-    """
-    meta, tensors = _load_payload(Path(path))
-    spec = ModelSpec(**meta["spec"])
-    shell = replace(spec, weights=None, freeze_backbone=False)
-    classes = tuple(meta["classes"])
-    members: list[Classifier] = []
-    for i in range(int(meta["members"])):
-        prefix = f"members.{i}."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(shell, len(classes), int(meta["data_channels"]))
-        model.load_state_dict(state)
-        members.append(model.eval())
-    return TrainedModel(
-        spec=spec,
-        classes=classes,
-        members=members,
-        mean=tensors["norm.mean"],
-        std=tensors["norm.std"],
-        data_channels=int(meta["data_channels"]),
-        config=meta["train_config"],
-        history=meta["history"],
-    )
-
-
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "ProgressFn",
     "TrainConfig",
     "TrainedModel",
@@ -495,10 +394,7 @@ __all__ = [
     "evaluate",
     "evaluate_predictions",
     "fit_tensors",
-    "load_checkpoint",
     "plan_schedule",
-    "read_checkpoint_meta",
-    "save_checkpoint",
     "stratified_holdout",
     "train_classifier",
 ]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from connector.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from connector.datasets import DIGIT_CLASSES, LabeledImage
 from connector.errors import ConfigError
 from connector.model import ModelSpec
@@ -17,10 +18,7 @@ from connector.training import (
     TrainedModel,
     class_weights,
     evaluate,
-    load_checkpoint,
     plan_schedule,
-    read_checkpoint_meta,
-    save_checkpoint,
     stratified_holdout,
     train_classifier,
 )
