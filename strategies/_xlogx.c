@@ -9,7 +9,7 @@
  * polynomial evaluated eight lanes at a time (GCC/Clang vector extensions; the AVX2+FMA
  * variant is chosen at run time when the CPU has it).
  *
- * Accuracy: the log is the Cephes logf range reduction and degree-9 polynomial (about
+ * Accuracy: the log is the Cephes logf range reduction and 9-coefficient polynomial (about
  * 1e-7 relative error on normal floats); sums are accumulated in float32 lanes (at most
  * L / 8 terms per lane) and reduced in double. Edge cases follow the mathematics used by
  * the Python fallback: 0 log 0 = 0 (also for -0.0 and subnormals, whose terms are below
