@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,22 @@ def _child_env(data_dir: Path, extra_env: Mapping[str, str] | None) -> dict[str,
     return env
 
 
+def _spawn(
+    cmd: list[str], data_dir: Path, extra_env: Mapping[str, str] | None, log_file: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """Run a `label-studio` command in ``data_dir``, output to ``log_file``, no stdin, in
+    its own session (process group), so stop_process reaches everything it starts."""
+    return subprocess.Popen(
+        cmd,
+        cwd=data_dir,
+        env=_child_env(data_dir, extra_env),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def find_label_studio(ls_bin: str | Path | None = None) -> Path:
     """The ``label-studio`` executable: ``ls_bin`` if given, else ``.venv-ls`` of this
     checkout, else one on ``PATH``. Raises ``DevServerError`` naming ``make ls-venv``."""
@@ -218,15 +234,7 @@ def init_label_studio(
     log.info("initialising Label Studio in %s (database migrations; can take minutes)", data_dir)
     t0 = time.monotonic()
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=data_dir,
-            env=_child_env(data_dir, extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        proc = _spawn(cmd, data_dir, extra_env, out)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -376,15 +384,7 @@ def _start_once(
     with log_path.open("ab") as out:
         out.write(f"\n=== label-studio start on {url} ===\n".encode())
         out.flush()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=data_dir,
-            env=_child_env(data_dir, extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stop() reaches everything it runs
-        )
+        proc = _spawn(cmd, data_dir, extra_env, out)
     server = LabelStudioServer(
         url=url, port=port, data_dir=data_dir, log_path=log_path, credentials=creds, process=proc
     )
