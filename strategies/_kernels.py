@@ -37,22 +37,26 @@ def use_compiled_kernels(enabled: bool) -> None:
     _USE_COMPILED[0] = bool(enabled)
 
 
+def _active_kernels() -> Any:
+    """The compiled module if it is built and switched on, else None."""
+    return _xlogx if _USE_COMPILED[0] else None
+
+
 def compiled_kernels() -> str | None:
     """The instruction set of the compiled kernels in use ("avx2+fma", "baseline"), or
     None when the scorers use torch (not built, switched off)."""
-    if _xlogx is None or not _USE_COMPILED[0]:
+    kernels = _active_kernels()
+    if kernels is None:
         return None
-    variant: str = _xlogx.variant()
+    variant: str = kernels.variant()
     return variant
 
 
 def _compiled_for(a: np.ndarray) -> Any:
     """The compiled module when it applies to ``a`` (float32, C-contiguous), else None."""
-    if _xlogx is None or not _USE_COMPILED[0]:
-        return None
     if a.dtype != np.float32 or not a.flags.c_contiguous:
         return None
-    return _xlogx
+    return _active_kernels()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
