@@ -31,11 +31,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from connector.datasets import DIGIT_CLASSES, image_classification_config
-from connector.devservers import find_label_studio, start_label_studio
-from connector.labelstudio import LabelStudioAdapter
-from connector.labelstudio_query import task_payload
-from connector.ports import TaskToPush
+from connector.contracts.ports import TaskToPush
+from connector.devtools.datasets import DIGIT_CLASSES
+from connector.devtools.devservers import find_label_studio, start_label_studio
+from connector.labelstudio.adapter import LabelStudioAdapter
+from connector.labelstudio.config import image_classification_config
+from connector.labelstudio.query import task_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "labelstudio.json"

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from connector.datasets import digit_png, digits_arrays
-from connector.model import ModelSpec, TrainedModel
-from connector.scoring import score_store
+from connector.devtools.datasets import digit_png, digits_arrays
+from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.scoring import score_store
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 K = 20
@@ -89,7 +89,7 @@ def _free_port() -> int:
 def s3_run(model: TrainedModel, root: Path, keys: list[str], repeat: int) -> dict[str, Any]:
     import boto3
 
-    from connector.storage import S3Store
+    from connector.storage.s3 import S3Store
 
     port = _free_port()
     server = subprocess.Popen(
@@ -133,7 +133,7 @@ def s3_run(model: TrainedModel, root: Path, keys: list[str], repeat: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    from connector.storage import LocalStore
+    from connector.storage.s3 import LocalStore
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scoring")
     parser.add_argument("--quick", action="store_true", help="3,000 images")

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from connector.datasets import write_digits
-from connector.model import ModelSpec
-from connector.simulate import SimulationConfig, load_dataset, run_simulation
-from connector.simulate_cli import plot_curves, summary_table
+from connector.cli.simulate import plot_curves, summary_table
+from connector.devtools.datasets import write_digits
+from connector.learning.model import ModelSpec
+from connector.simulation.run import SimulationConfig, load_dataset, run_simulation
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "simulation.json"

@@ -9,16 +9,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from connector.cache import LabeledCache
-from connector.cycle import Ports, RoundEngine
-from connector.datasets import image_classification_config
-from connector.errors import ConfigError
-from connector.labelstudio import LabelStudioAdapter
-from connector.learner import Learner
-from connector.ports import ProjectInfo
+from connector.contracts.errors import ConfigError
+from connector.contracts.learner import Learner
+from connector.contracts.ports import ProjectInfo
+from connector.labelstudio.adapter import LabelStudioAdapter
+from connector.labelstudio.config import image_classification_config
+from connector.rounds.engine import Ports, RoundEngine
 from connector.settings import Settings
 from connector.state import StateDB
-from connector.storage import LocalStore, S3Store
+from connector.storage.cache import LabeledCache
+from connector.storage.s3 import LocalStore, S3Store
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def open_labeling(
             ls.url,
             token,
             ls.project_title,
-            image_classification_config(settings.labels.classes),
+            image_classification_config(
+                settings.labels.classes, image_field=ls.image_field, choices_name=ls.choices_name
+            ),
         )
         log.info("using Label Studio project %d (%s)", project_id, ls.project_title)
     if state is not None:
@@ -133,7 +135,7 @@ def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
     classes = classes_for(settings, info)
     cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))
     if learner is None:
-        from connector.torch_learner import TorchLearner
+        from connector.learning.torch_learner import TorchLearner
 
         learner = TorchLearner.from_settings(settings)
     engine = RoundEngine(settings, Ports(state, store, labeling, cache), learner, classes)

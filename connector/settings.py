@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from connector.errors import ConfigError
+from connector.contracts.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

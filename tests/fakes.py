@@ -17,13 +17,19 @@ import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from connector.cache import LabeledCache
-from connector.cycle import Ports, RoundEngine
-from connector.datasets import DIGIT_CLASSES
-from connector.learner import ImageRef, Progress, Scored
-from connector.ports import ObjectInfo, PollResult, ProjectInfo, TaskLabelState, TaskToPush
+from connector.contracts.learner import ImageRef, Progress, Scored
+from connector.contracts.ports import (
+    ObjectInfo,
+    PollResult,
+    ProjectInfo,
+    TaskLabelState,
+    TaskToPush,
+)
+from connector.devtools.datasets import DIGIT_CLASSES
+from connector.rounds.engine import Ports, RoundEngine
 from connector.settings import Settings
 from connector.state import StateDB
+from connector.storage.cache import LabeledCache
 from strategies import PoolOutputs
 
 

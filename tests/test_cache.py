@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.cache import LabeledCache, entry_hash
-from connector.errors import AuthError, ConfigError
-from connector.ports import ObjectInfo
-from connector.storage import S3Store, read_many_ordered
+from connector.contracts.errors import AuthError, ConfigError
+from connector.contracts.ports import ObjectInfo
+from connector.storage.cache import LabeledCache, entry_hash
+from connector.storage.s3 import S3Store, read_many_ordered
 
 
 class FakeStore:
@@ -117,7 +117,7 @@ def test_failed_write_leaves_no_partial_file_and_the_old_version(
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("connector.cache.os.fsync", broken_fsync)
+    monkeypatch.setattr("connector.storage.cache.os.fsync", broken_fsync)
     with pytest.raises(OSError, match="No space left"):
         cache.put("x.png", "v2", b"new content")
     monkeypatch.undo()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from connector.cli import main
+from connector.cli.main import main
 from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits
 
 
@@ -103,7 +103,7 @@ def test_bad_settings_exit_2_with_the_fix(tmp_path: Path) -> None:
 
 def test_check_warns_when_the_compiled_kernels_are_missing() -> None:
     import strategies
-    from connector.cli import _describe_kernels
+    from connector.cli.main import _describe_kernels
 
     assert _describe_kernels().startswith("ok   acquisition kernels: compiled")
     strategies.use_compiled_kernels(False)  # what an install without a C compiler runs

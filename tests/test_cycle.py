@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from connector.datasets import DIGIT_CLASSES
-from connector.schema import parse_iso
+from connector.devtools.datasets import DIGIT_CLASSES
 from connector.state import Phase
+from connector.state.schema import parse_iso
 from tests.fakes import build, label_all
 
 

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from connector.daemon import Daemon
-from connector.metrics import HealthServer
+from connector.ops.daemon import Daemon
+from connector.ops.metrics import HealthServer
 from tests.fakes import build
 
 
@@ -64,8 +64,8 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     logging.basicConfig(level=logging.INFO)
-    from connector.datasets import digit_png, digits_arrays
-    from connector.daemon import Daemon
+    from connector.devtools.datasets import digit_png, digits_arrays
+    from connector.ops.daemon import Daemon
     from tests.fakes import build
     images, labels = digits_arrays()
     objects = {{f"d{{i:04d}}.png": digit_png(images[i]) for i in range(120)}}
@@ -119,8 +119,8 @@ FORCE_SCRIPT = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {root!r})
     logging.basicConfig(level=logging.INFO)
-    from connector.datasets import digit_png, digits_arrays
-    from connector.daemon import Daemon
+    from connector.devtools.datasets import digit_png, digits_arrays
+    from connector.ops.daemon import Daemon
     from tests.fakes import build, label_all
     images, labels = digits_arrays()
     objects = {{f"d{{i:04d}}.png": digit_png(images[i]) for i in range(120)}}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from connector.cli import main
+from connector.cli.main import main
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.s3, pytest.mark.slow]
 

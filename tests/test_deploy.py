@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from connector.metrics import HealthServer, Metrics
-from connector.schema import PHASE_ORDER
+from connector.ops.metrics import HealthServer, Metrics
 from connector.settings import Settings, env_variable_names, load_settings
+from connector.state.schema import PHASE_ORDER
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from connector.app import App, build_app
-from connector.daemon import Daemon
-from connector.datasets import DIGIT_CLASSES, LabeledImage
+from connector.devtools.datasets import DIGIT_CLASSES, LabeledImage
+from connector.ops.daemon import Daemon
 from connector.settings import Settings
 from connector.state import Phase
 from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits

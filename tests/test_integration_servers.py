@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from label_studio_sdk import LabelStudio
 
-from connector.datasets import LabeledImage
-from connector.ports import TaskToPush
+from connector.contracts.ports import TaskToPush
+from connector.devtools.datasets import LabeledImage
 from tests.fixtures.labelstudio import LabelStudioHandle, LabelStudioProject, annotate
 from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits
 

@@ -15,11 +15,12 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from connector.datasets import DIGIT_CLASSES, image_classification_config
-from connector.errors import AuthError, ConfigError, ServiceUnavailable
-from connector.labelstudio import LabelStudioAdapter
-from connector.labelstudio_config import parse_label_config
-from connector.labelstudio_query import (
+from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
+from connector.contracts.ports import TaskToPush
+from connector.devtools.datasets import DIGIT_CLASSES
+from connector.labelstudio.adapter import LabelStudioAdapter
+from connector.labelstudio.config import image_classification_config, parse_label_config
+from connector.labelstudio.query import (
     MAX_QUERY_CHARS,
     dm_datetime,
     dm_filter,
@@ -27,8 +28,7 @@ from connector.labelstudio_query import (
     id_chunks,
     priority_score,
 )
-from connector.labelstudio_resolve import resolve_task
-from connector.ports import TaskToPush
+from connector.labelstudio.resolve import resolve_task
 from tests.fixtures.labelstudio import (
     LabelStudioHandle,
     LabelStudioProject,

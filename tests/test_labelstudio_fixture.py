@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from label_studio_sdk import LabelStudio
 
-from connector.datasets import DIGIT_CLASSES
-from connector.devservers import DevServerError, log_tail, start_label_studio
+from connector.devtools.datasets import DIGIT_CLASSES
+from connector.devtools.devservers import DevServerError, log_tail, start_label_studio
 from tests.fixtures.labelstudio import LabelStudioHandle, LabelStudioProject, annotate, skip
 
 

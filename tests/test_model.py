@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from connector.errors import BadItem, ConfigError
-from connector.images import BadImage, decode_image, infer_channels, random_affine
-from connector.model import ModelSpec, TrainedModel, build_model
+from connector.contracts.errors import BadItem, ConfigError
+from connector.learning.images import BadImage, decode_image, infer_channels, random_affine
+from connector.learning.model import ModelSpec, TrainedModel, build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

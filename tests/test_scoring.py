@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connector.datasets import LabeledImage
-from connector.model import ModelSpec, TrainedModel
-from connector.scoring import sample_candidates, score_pool, score_store
+from connector.devtools.datasets import LabeledImage
+from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.scoring import sample_candidates, score_pool, score_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +94,7 @@ def test_an_error_of_the_item_source_is_raised(model: TrainedModel) -> None:
 def test_score_store_reads_a_local_folder(
     model: TrainedModel, digits_dir: tuple[Path, list[LabeledImage]]
 ) -> None:
-    from connector.storage import LocalStore
+    from connector.storage.s3 import LocalStore
 
     root, items = digits_dir
     keys = [i.key for i in items[:20]] + ["missing.png"]

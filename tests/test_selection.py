@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from connector.datasets import digit_png, digits_arrays
-from connector.selection import image_problem, picks, readable_prefix
+from connector.devtools.datasets import digit_png, digits_arrays
+from connector.rounds.selection import image_problem, picks, readable_prefix
 from strategies import PoolOutputs, Selection
 from tests.fakes import MemoryStore
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.errors import ConfigError
+from connector.contracts.errors import ConfigError
 from connector.settings import env_variable_names, load_settings, settings_reference
 
 GOOD = """

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from connector.datasets import write_digits
-from connector.errors import ConfigError
-from connector.model import ModelSpec
-from connector.simulate import (
+from connector.cli.simulate import simulate_cmd
+from connector.contracts.errors import ConfigError
+from connector.devtools.datasets import write_digits
+from connector.learning.model import ModelSpec
+from connector.learning.training import TrainConfig
+from connector.simulation.run import (
     SCHEMA,
     SimulationConfig,
     aubc,
@@ -22,8 +24,6 @@ from connector.simulate import (
     parse_strategy,
     run_simulation,
 )
-from connector.simulate_cli import simulate_cmd
-from connector.training import TrainConfig
 
 TINY = SimulationConfig(
     strategies=("random", "margin", "coreset"),
@@ -89,7 +89,7 @@ def test_simulation_result_schema_and_test_split_isolation(small_folder: Path) -
         assert 0.0 <= run["aubc"] <= 1.0
         assert len(set(run["selected"])) == 20
     # the stratified test split is never selected: rebuild it and compare
-    from connector.simulate import _split
+    from connector.simulation.run import _split
 
     _, test = _split(ds.labels, TINY, 0)
     assert all(not set(r["selected"]) & set(test.tolist()) for r in res["runs"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.ports import ObjectInfo, TaskLabelState
+from connector.contracts.ports import ObjectInfo, TaskLabelState
 from connector.state import Phase, SelectedItem, StateDB
 
 

@@ -25,9 +25,9 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from connector.datasets import LabeledImage
-from connector.errors import AuthError, ConfigError, ServiceUnavailable
-from connector.storage import (
+from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
+from connector.devtools.datasets import LabeledImage
+from connector.storage.s3 import (
     LocalStore,
     S3Store,
     classify_error,

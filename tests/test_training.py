@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from connector.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from connector.datasets import DIGIT_CLASSES, LabeledImage
-from connector.errors import ConfigError
-from connector.model import ModelSpec
-from connector.training import (
+from connector.contracts.errors import ConfigError
+from connector.devtools.datasets import DIGIT_CLASSES, LabeledImage
+from connector.learning.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from connector.learning.model import ModelSpec
+from connector.learning.training import (
     TrainConfig,
     TrainedModel,
     class_weights,

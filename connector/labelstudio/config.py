@@ -10,8 +10,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from html import escape
 
-from connector.errors import ConfigError
+from connector.contracts.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,20 @@ def check_classes(
         if c not in usable
     ]
     return usable, warnings
+
+
+def image_classification_config(
+    classes: Sequence[str], *, image_field: str = "image", choices_name: str = "label"
+) -> str:
+    """A label config for single-choice image classification over ``classes``: the one a
+    project gets when the connector creates it (``label_studio.project_id`` unset)."""
+    choices = "\n".join(f'    <Choice value="{escape(c, quote=True)}"/>' for c in classes)
+    return (
+        "<View>\n"
+        f'  <Image name="{image_field}" value="${image_field}"/>\n'
+        f'  <Choices name="{choices_name}" toName="{image_field}" choice="single" '
+        'showInline="true">\n'
+        f"{choices}\n"
+        "  </Choices>\n"
+        "</View>\n"
+    )

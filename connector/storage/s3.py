@@ -45,15 +45,15 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from connector.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
-from connector.localstore import (
+from connector.contracts.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
+from connector.contracts.ports import ObjectInfo
+from connector.retry import TRANSIENT_HTTP_STATUS, transient_retry
+from connector.storage.local import (
     IMAGE_EXTENSIONS,
     LocalStore,
     matches_extension,
     normalise_extensions,
 )
-from connector.ports import ObjectInfo
-from connector.retry import TRANSIENT_HTTP_STATUS, transient_retry
 
 log = logging.getLogger(__name__)
 

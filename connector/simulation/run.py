@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from connector.errors import ConfigError
-from connector.images import decode_many, infer_channels
-from connector.model import ModelSpec, TrainedModel
-from connector.training import TrainConfig, evaluate_predictions, fit_tensors
+from connector.contracts.errors import ConfigError
+from connector.learning.images import decode_many, infer_channels
+from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.training import TrainConfig, evaluate_predictions, fit_tensors
 from strategies import PoolOutputs, get_strategy
 
 log = logging.getLogger(__name__)

@@ -86,16 +86,3 @@ def write_digits(
         for item in written:
             writer.writerow([item.key, item.label])
     return written
-
-
-def image_classification_config(classes: tuple[str, ...] | list[str]) -> str:
-    """A Label Studio label config for single-choice image classification."""
-    choices = "\n".join(f'    <Choice value="{c}"/>' for c in classes)
-    return (
-        "<View>\n"
-        '  <Image name="image" value="$image"/>\n'
-        '  <Choices name="label" toName="image" choice="single" showInline="true">\n'
-        f"{choices}\n"
-        "  </Choices>\n"
-        "</View>\n"
-    )

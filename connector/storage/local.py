@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from connector.errors import ConfigError
-from connector.ports import ObjectInfo
+from connector.contracts.errors import ConfigError
+from connector.contracts.ports import ObjectInfo
 
 # fmt: off
 IMAGE_EXTENSIONS: tuple[str, ...] = (

@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from connector import report
-from connector.cache import LabeledCache
-from connector.errors import ConfigError
-from connector.learner import Learner, Scored
-from connector.ports import LabelingBackend, ObjectStore, TaskToPush
-from connector.selection import Pick, picks, readable_prefix, sample_candidates
+from connector.contracts.errors import ConfigError
+from connector.contracts.learner import Learner, Scored
+from connector.contracts.ports import LabelingBackend, ObjectStore, TaskToPush
+from connector.rounds import report
+from connector.rounds.selection import Pick, picks, readable_prefix, sample_candidates
 from connector.settings import Settings
 from connector.state import Phase, Round, SelectedItem, StateDB, iso, parse_iso, utcnow
+from connector.storage.cache import LabeledCache
 from strategies import PoolOutputs, Selection, get_strategy
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from connector.errors import ConfigError, ConnectorError
+from connector.contracts.errors import ConfigError, ConnectorError
 from connector.settings import Settings, load_settings, settings_reference
 
 log = logging.getLogger("connector")
@@ -73,7 +73,7 @@ def main(log_level: str) -> None:
 def run(config_path: Path | None, once: bool) -> None:
     """Run the daemon: poll, train, score, select, push, watch; round after round."""
     from connector.app import build_app
-    from connector.daemon import Daemon
+    from connector.ops.daemon import Daemon
 
     settings = _load(config_path)
     try:
@@ -155,7 +155,7 @@ def _check_state_dir(settings: Settings) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path | None, as_json: bool) -> None:
     """Where the rounds stand: items by status, the current round, its batch."""
-    from connector import report
+    from connector.rounds import report
     from connector.state import StateDB
 
     settings = _load(config_path)
@@ -210,8 +210,8 @@ def settings_doc(output: Path | None) -> None:
 
 
 def _register_optional() -> None:
-    from connector.demo import demo_cmd
-    from connector.simulate_cli import simulate_cmd
+    from connector.cli.simulate import simulate_cmd
+    from connector.devtools.demo import demo_cmd
 
     main.add_command(simulate_cmd, "simulate")
     main.add_command(demo_cmd, "demo")

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from connector.checkpoints import load_checkpoint, save_checkpoint
-from connector.learner import ImageRef, Progress, Scored
-from connector.model import ModelSpec
-from connector.scoring import score_pool
+from connector.contracts.learner import ImageRef, Progress, Scored
+from connector.learning.checkpoints import load_checkpoint, save_checkpoint
+from connector.learning.model import ModelSpec
+from connector.learning.scoring import score_pool
+from connector.learning.training import TrainConfig, TrainedModel, evaluate, train_classifier
 from connector.settings import Settings
-from connector.training import TrainConfig, TrainedModel, evaluate, train_classifier
 
 
 @dataclass

@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 from label_studio_sdk.core.api_error import ApiError
 
-from connector.errors import ConfigError, ConnectorError
-from connector.labelstudio_admin import LabelStudioAdminMixin, TaskCounts
-from connector.labelstudio_client import (
+from connector.contracts.errors import ConfigError, ConnectorError
+from connector.contracts.ports import PollResult, ProjectInfo, TaskLabelState, TaskToPush
+from connector.labelstudio.admin import LabelStudioAdminMixin, TaskCounts
+from connector.labelstudio.client import (
     LOOKUP_FIELDS,
     LOOKUP_PAGE,
     LabelStudioClient,
@@ -34,16 +35,15 @@ from connector.labelstudio_client import (
     create_personal_access_token,
     token_kind,
 )
-from connector.labelstudio_config import LabelConfigInfo, check_classes, parse_label_config
-from connector.labelstudio_query import (
+from connector.labelstudio.config import LabelConfigInfo, check_classes, parse_label_config
+from connector.labelstudio.query import (
     ITEM_KEY,
     as_utc,
     dm_datetime,
     parse_ls_datetime,
     task_payload,
 )
-from connector.labelstudio_resolve import RULES, Rule, resolve_task
-from connector.ports import PollResult, ProjectInfo, TaskLabelState, TaskToPush
+from connector.labelstudio.resolve import RULES, Rule, resolve_task
 
 __all__ = [
     "LabelStudioAdapter",

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from connector.errors import ConfigError
+from connector.contracts.errors import ConfigError
 from connector.files import atomic_write, atomic_write_text
-from connector.model import Classifier, ModelSpec, TrainedModel, build_model
+from connector.learning.model import Classifier, ModelSpec, TrainedModel, build_model
 
 CHECKPOINT_FORMAT = "al-connector-checkpoint"
 CHECKPOINT_VERSION = 1

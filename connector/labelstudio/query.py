@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from connector.ports import TaskToPush
+from connector.contracts.ports import TaskToPush
 
 DM_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: Task data keys the connector writes (documented in docs/labelstudio.md).

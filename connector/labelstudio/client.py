@@ -15,8 +15,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.request_options import RequestOptions
 
-from connector.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
-from connector.labelstudio_query import (
+from connector.contracts.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
+from connector.labelstudio.query import (
     ITEM_KEY,
     dm_datetime,
     dm_filter,

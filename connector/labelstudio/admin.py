@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from connector.errors import ConfigError
-from connector.labelstudio_client import LOOKUP_FIELDS, LOOKUP_PAGE, LabelStudioClient
-from connector.labelstudio_config import LabelConfigInfo
-from connector.labelstudio_query import ITEM_KEY, PRIORITY_KEY, dm_filter
+from connector.contracts.errors import ConfigError
+from connector.labelstudio.client import LOOKUP_FIELDS, LOOKUP_PAGE, LabelStudioClient
+from connector.labelstudio.config import LabelConfigInfo
+from connector.labelstudio.query import ITEM_KEY, PRIORITY_KEY, dm_filter
 
 log = logging.getLogger(__name__)
 

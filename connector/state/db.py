@@ -24,37 +24,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from connector.ports import ObjectInfo, TaskLabelState
-from connector.schema import (
+from connector.contracts.ports import ObjectInfo, TaskLabelState
+from connector.state.schema import (
     DONE_STATUSES,
     ITEM_STATUSES,
     MIGRATIONS,
-    PHASE_ORDER,
     Item,
     Phase,
     Round,
     SelectedItem,
     iso,
-    parse_iso,
     row_to_item,
     row_to_round,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "ITEM_STATUSES",
-    "PHASE_ORDER",
-    "Item",
-    "Phase",
-    "Round",
-    "SelectedItem",
-    "StateDB",
-    "iso",
-    "parse_iso",
-    "utcnow",
-]
 
 
 class StateDB:

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from connector.ports import TaskLabelState
+from connector.contracts.ports import TaskLabelState
 
 Rule = Literal["ground_truth_then_latest", "latest", "majority"]
 RULES: tuple[Rule, ...] = ("ground_truth_then_latest", "latest", "majority")

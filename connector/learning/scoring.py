@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from connector.images import BadImage, decode_image
-from connector.model import TrainedModel
-from connector.ports import ObjectStore
-from connector.selection import sample_candidates
-from connector.training import ProgressFn
+from connector.contracts.ports import ObjectStore
+from connector.learning.images import BadImage, decode_image
+from connector.learning.model import TrainedModel
+from connector.learning.training import ProgressFn
+from connector.rounds.selection import sample_candidates
 from strategies import PoolOutputs
 
 log = logging.getLogger(__name__)

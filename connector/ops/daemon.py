@@ -21,10 +21,11 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from connector import alerts, report
-from connector.cycle import RoundEngine
-from connector.errors import ConnectorError
-from connector.metrics import HealthServer, Metrics
+from connector.contracts.errors import ConnectorError
+from connector.ops import alerts
+from connector.ops.metrics import HealthServer, Metrics
+from connector.rounds import report
+from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
 
 log = logging.getLogger(__name__)

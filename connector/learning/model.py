@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from connector.errors import BadItem, ConfigError
-from connector.images import ImageSource, decode_many, to_float
+from connector.contracts.errors import BadItem, ConfigError
+from connector.learning.images import ImageSource, decode_many, to_float
 
 #: Normalisation of torchvision's ImageNet weights (RGB, 0..1 scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

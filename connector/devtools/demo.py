@@ -23,12 +23,12 @@ from typing import Any
 import click
 import numpy as np
 
-from connector import report
 from connector.app import build_app
-from connector.daemon import Daemon
-from connector.datasets import DIGIT_CLASSES, write_digits
-from connector.errors import ConnectorError
-from connector.learner import Learner
+from connector.contracts.errors import ConnectorError
+from connector.contracts.learner import Learner
+from connector.devtools.datasets import DIGIT_CLASSES, write_digits
+from connector.ops.daemon import Daemon
+from connector.rounds import report
 from connector.settings import Settings
 from connector.state import Phase
 
@@ -147,8 +147,8 @@ def demo_cmd(
     verbose: bool,
 ) -> None:
     """Run the loop end to end on a local Label Studio and S3 server with digits."""
-    from connector.devservers import find_label_studio, start_label_studio, start_s3_server
-    from connector.storage import S3Store
+    from connector.devtools.devservers import find_label_studio, start_label_studio, start_s3_server
+    from connector.storage.s3 import S3Store
 
     bin_path = find_label_studio(label_studio_bin)
     root = Path(tempfile.mkdtemp(prefix="al-demo-")) if workdir is None else workdir

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from connector.errors import BadItem, ConfigError
-from connector.images import (
+from connector.contracts.errors import BadItem, ConfigError
+from connector.learning.images import (
     ImageSource,
     channel_stats,
     decode_many,
@@ -42,7 +42,7 @@ from connector.images import (
     random_affine,
     to_float,
 )
-from connector.model import Classifier, ModelSpec, TrainedModel, build_model, normalisation
+from connector.learning.model import Classifier, ModelSpec, TrainedModel, build_model, normalisation
 
 log = logging.getLogger(__name__)
 

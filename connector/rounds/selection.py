@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from connector.ports import ObjectStore
+from connector.contracts.ports import ObjectStore
 from strategies import PoolOutputs, Selection
 
 #: A chosen item: (item id, acquisition score, predicted class, confidence).

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.errors import AuthError, ConfigError, ServiceUnavailable
-from connector.ports import ObjectStore
+from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
+from connector.contracts.ports import ObjectStore
 
 log = logging.getLogger(__name__)
 

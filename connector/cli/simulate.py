@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connector.errors import ConfigError
+from connector.contracts.errors import ConfigError
 from connector.files import atomic_write, atomic_write_text
-from connector.model import ModelSpec, available_archs
-from connector.simulate import SimulationConfig, count_work, load_dataset, run_simulation
-from connector.training import TrainConfig
+from connector.learning.model import ModelSpec, available_archs
+from connector.learning.training import TrainConfig
+from connector.simulation.run import SimulationConfig, count_work, load_dataset, run_simulation
 
 
 def _csv_list(text: str) -> tuple[str, ...]:

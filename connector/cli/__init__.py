@@ -1,0 +1,5 @@
+"""The ``al-connector`` command line."""
+
+from connector.cli.main import main
+
+__all__ = ["main"]
