@@ -163,11 +163,12 @@ class ModelSettings(_Section):
     channels: int | None = Field(None, description="1 or 3; unset = from the images.")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Head dropout (MC dropout).")
     ensemble_size: int = Field(1, ge=1, le=16, description="Deep-ensemble members.")
-    mc_samples: int = Field(
-        1,
+    mc_samples: int | None = Field(
+        None,
         ge=1,
         le=100,
-        description="MC-dropout passes K when scoring (Bayesian strategies want 10 to 20).",
+        description="MC-dropout passes K when scoring; unset = 20 for strategies that read "
+        "the disagreement between passes (bald, batchbald, ...), 1 for the others.",
     )
     epochs: int | None = Field(None, ge=1, description="Training epochs; unset = adaptive.")
     batch_size: int | None = Field(None, ge=1, description="Training batch; unset = adaptive.")
@@ -206,6 +207,19 @@ class RoundSettings(_Section):
     )
     max_rounds: int | None = Field(None, ge=1, description="Stop after this many rounds.")
     min_new_labels: int = Field(1, ge=0, description="Labels needed since the last round.")
+    max_phase_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="A phase that fails this many times in a row sends the round to FAILED "
+        "with an alert; configuration errors fail at once.",
+    )
+    retry_backoff_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Wait before the 2nd attempt of a failed phase; doubles each attempt "
+        "(capped at 30 min).",
+    )
 
 
 class PollingSettings(_Section):

@@ -43,7 +43,7 @@ class TorchLearner:
             overrides["batch_size"] = m.batch_size
         if m.learning_rate is not None:
             overrides["lr"] = m.learning_rate
-        return cls(spec, TrainConfig(**overrides), m.mc_samples, settings.strategy.score_batch_size)
+        return cls(spec, TrainConfig(**overrides), m.mc_samples or 1, settings.strategy.score_batch_size)
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> TrainedModel:
         return TrainedModel.untrained(self.spec, list(classes), seed=seed)
