@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import socket
 import time
 import urllib.request
@@ -446,16 +447,28 @@ def test_wrong_token_is_an_auth_error(token: str, ls_project: LabelStudioProject
     assert time.monotonic() - t0 < 10  # a 401 is not retried
 
 
-def test_server_down_is_service_unavailable_fast() -> None:
+def test_server_down_is_service_unavailable_fast(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: nothing listens there
     url = f"http://127.0.0.1:{port}"
-    adapter = LabelStudioAdapter(url, "token-abc", 1, retry_attempts=2, retry_max_wait_s=0.2)
+    adapter = LabelStudioAdapter(url, "token-abc", 1, retry_attempts=3, retry_max_wait_s=0.2)
     t0 = time.monotonic()
-    with pytest.raises(ServiceUnavailable, match=rf"Label Studio at {url} did not answer"):
+    down = rf"Label Studio at {url} did not answer"
+    with (
+        caplog.at_level(logging.WARNING, "connector.retry"),
+        pytest.raises(ServiceUnavailable, match=down),
+    ):
         adapter.poll(datetime.now(timezone.utc) - timedelta(minutes=1))
     assert time.monotonic() - t0 < 10
+    # one WARNING per retry, naming the call (not tenacity's "Retrying <unknown>")
+    retries = [r for r in caplog.records if r.name == "connector.retry"]
+    assert [r.levelno for r in retries] == [logging.WARNING] * 2
+    assert [r.getMessage().split(" failed")[0] for r in retries] == [
+        "Label Studio: read the project: attempt 1",
+        "Label Studio: read the project: attempt 2",
+    ]
+    assert "token-abc" not in caplog.text
 
 
 def test_secrets_stay_out_of_reprs(label_studio: LabelStudioHandle) -> None:

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import httpx
 from label_studio_sdk.core.api_error import ApiError
 
 from connector.contracts.errors import ConfigError, ConnectorError
@@ -319,22 +318,22 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         }
         pending = [t.item_id for t in chunk]
         mapped: dict[str, int] = {}
-        uncertain = False
-        try:
-            for attempt in self.ls.policy():
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        # The failed call may have imported (part of) the chunk: look first.
-                        uncertain = True
-                        found = self.ls.lookup(pending, retry=False)
-                        mapped.update({i: min(v) for i, v in found.items()})
-                        pending = [i for i in pending if i not in found]
-                    if pending:
-                        mapped.update(self._import_once([payload[i] for i in pending], pending))
-                        pending = []
-        except (ApiError, httpx.HTTPError) as exc:
-            raise self.ls.translate(exc, "import tasks", self.ls.project_not_found()) from exc
-        if uncertain:
+        tries = 0
+
+        def attempt() -> None:
+            nonlocal pending, tries
+            tries += 1
+            if tries > 1:
+                # The failed call may have imported (part of) the chunk: look first.
+                found = self.ls.lookup(pending, retry=False)
+                mapped.update({i: min(v) for i, v in found.items()})
+                pending = [i for i in pending if i not in found]
+            if pending:
+                mapped.update(self._import_once([payload[i] for i in pending], pending))
+                pending = []
+
+        self.ls.call("import tasks", attempt, not_found=self.ls.project_not_found())
+        if tries > 1:  # an outcome was unknown: a late commit may have left duplicates
             mapped = self._dedupe([t.item_id for t in chunk])
         return mapped
 

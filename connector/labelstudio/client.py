@@ -15,6 +15,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.request_options import RequestOptions
 
+from connector import retry as policy
 from connector.contracts.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
 from connector.labelstudio.query import (
     ITEM_KEY,
@@ -24,7 +25,7 @@ from connector.labelstudio.query import (
     id_chunks,
     parse_ls_datetime,
 )
-from connector.retry import TRANSIENT_HTTP_STATUS, transient_retry
+from connector.retry import TRANSIENT_HTTP_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,8 @@ class LabelStudioClient:
             "token's user cannot see it); fix label_studio.project_id or unset it to create one"
         )
 
-    def translate(self, exc: BaseException, what: str, not_found: str | None = None) -> Exception:
-        """The connector error for an SDK/HTTP exception."""
+    def translate(self, exc: Exception, what: str, not_found: str | None = None) -> BaseException:
+        """The connector error for an SDK/HTTP exception; any other comes back unchanged."""
         if is_transient(exc):
             cause = f"{type(exc).__name__}: {exc}"[:300]
             return ServiceUnavailable(
@@ -137,12 +138,7 @@ class LabelStudioClient:
             return ConnectorError(
                 f"Label Studio refused to {what} (HTTP {exc.status_code}: {api_detail(exc)})"
             )
-        return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-
-    def policy(self) -> Any:
-        return transient_retry(
-            is_transient, attempts=self.retry_attempts, max_wait_s=self.retry_max_wait_s
-        )
+        return exc
 
     def call(
         self,
@@ -153,19 +149,22 @@ class LabelStudioClient:
         retry: bool = True,
         **kwargs: Any,
     ) -> T:
-        """``fn(*args, **kwargs)`` under the retry policy, errors translated.
+        """``fn(*args, **kwargs)`` under the shared retry policy, errors translated.
 
-        ``retry=False`` lets raw exceptions through, for callers that retry themselves.
+        ``what`` completes "Label Studio refused to ..." in errors and names the call in
+        retry log lines. ``not_found`` is the message of a 404. ``retry=False`` lets raw
+        exceptions through, for callers that retry themselves.
         """
         if not retry:
             return fn(*args, **kwargs)
-        try:
-            for attempt in self.policy():
-                with attempt:
-                    return fn(*args, **kwargs)
-        except (ApiError, httpx.HTTPError) as exc:
-            raise self.translate(exc, what, not_found) from exc
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        return policy.call(
+            lambda: fn(*args, **kwargs),
+            what=f"Label Studio: {what}",
+            is_transient=is_transient,
+            translate=lambda exc: self.translate(exc, what, not_found),
+            attempts=self.retry_attempts,
+            max_wait_s=self.retry_max_wait_s,
+        )
 
     # ------------------------------------------------------------------ projects
     def project(self) -> Any:

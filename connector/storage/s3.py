@@ -45,9 +45,10 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from connector import retry
 from connector.contracts.errors import AuthError, ConfigError, ConnectorError, ServiceUnavailable
 from connector.contracts.ports import ObjectInfo
-from connector.retry import TRANSIENT_HTTP_STATUS, transient_retry
+from connector.retry import TRANSIENT_HTTP_STATUS
 from connector.storage.local import (
     IMAGE_EXTENSIONS,
     LocalStore,
@@ -293,23 +294,24 @@ class S3Store:
         endpoint = _without_userinfo(self.endpoint_url)
         return f"{where} at {endpoint}" if endpoint else where
 
-    def _call(self, fn: Callable[..., T], *, missing: str | None = None, **kwargs: Any) -> T:
-        """``fn(**kwargs)`` under the retry policy, its errors translated for a person.
+    def _call(
+        self, what: str, fn: Callable[..., T], *, missing: str | None = None, **kwargs: Any
+    ) -> T:
+        """``fn(**kwargs)`` under the shared retry policy, its errors translated for a person.
 
-        ``missing`` is the key a 404 means is missing (a 404 on a bucket call is the bucket).
+        ``what`` names the call in retry log lines. ``missing`` is the key a 404 means is
+        missing (a 404 on a bucket call is the bucket).
         """
-        try:
-            for attempt in transient_retry(
-                is_transient, attempts=self.retry_attempts, max_wait_s=self.retry_max_wait_s
-            ):
-                with attempt:
-                    return fn(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            err = classify_error(exc, where=self.describe(), bucket=self.bucket, key=missing)
-            if err is exc:
-                raise
-            raise err from exc
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        return retry.call(
+            lambda: fn(**kwargs),
+            what=f"S3: {what}",
+            is_transient=is_transient,
+            translate=lambda exc: classify_error(
+                exc, where=self.describe(), bucket=self.bucket, key=missing
+            ),
+            attempts=self.retry_attempts,
+            max_wait_s=self.retry_max_wait_s,
+        )
 
     def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Image objects under the prefix in key order, strictly after ``start_after``.
@@ -325,7 +327,7 @@ class S3Store:
         if start_after:
             kwargs["StartAfter"] = self.prefix + start_after
         while True:
-            page = self._call(self._client.list_objects_v2, **kwargs)
+            page = self._call(f"LIST {self.url_for('')}", self._client.list_objects_v2, **kwargs)
             for obj in page.get("Contents", []):
                 full = obj["Key"]
                 rel = full[len(self.prefix) :]
@@ -350,7 +352,7 @@ class S3Store:
 
     def read(self, key: str) -> bytes:
         """The object's bytes; ``KeyError`` if it does not exist."""
-        return self._call(self._get, missing=key, key=key)
+        return self._call(f"GET {self.url_for(key)}", self._get, missing=key, key=key)
 
     def read_many(
         self, keys: Iterable[str], max_workers: int = 8
@@ -362,7 +364,13 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         """Upload ``data`` as ``key`` (relative to the prefix). For the demo and tests."""
-        self._call(self._client.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        self._call(
+            f"PUT {self.url_for(key)}",
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=self.prefix + key,
+            Body=data,
+        )
 
     def upload_dir(self, local_dir: Path, extensions: Iterable[str] | None = None) -> int:
         """Upload the images under ``local_dir`` (keys = relative POSIX paths); returns a count."""
@@ -377,7 +385,7 @@ class S3Store:
     def create_bucket(self) -> None:
         """Create the bucket if it is missing (demo set-up; a real pool already exists)."""
         try:
-            self._call(self._client.head_bucket, Bucket=self.bucket)
+            self._call(f"HEAD bucket {self.bucket}", self._client.head_bucket, Bucket=self.bucket)
             return
         except ConfigError:
             pass
@@ -385,13 +393,19 @@ class S3Store:
         extra: dict[str, Any] = {}
         if region and region != "us-east-1":  # S3 wants the region named outside us-east-1
             extra["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        self._call(self._client.create_bucket, Bucket=self.bucket, **extra)
+        self._call(
+            f"create bucket {self.bucket}", self._client.create_bucket, Bucket=self.bucket, **extra
+        )
 
     def check(self) -> dict[str, Any]:
         """Verify the bucket exists and can be listed; raise an error naming the fix."""
-        self._call(self._client.head_bucket, Bucket=self.bucket)
+        self._call(f"HEAD bucket {self.bucket}", self._client.head_bucket, Bucket=self.bucket)
         page = self._call(
-            self._client.list_objects_v2, Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1
+            f"LIST {self.url_for('')}",
+            self._client.list_objects_v2,
+            Bucket=self.bucket,
+            Prefix=self.prefix,
+            MaxKeys=1,
         )
         return {
             "backend": "s3",
