@@ -117,7 +117,7 @@ def test_failed_write_leaves_no_partial_file_and_the_old_version(
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("connector.storage.cache.os.fsync", broken_fsync)
+    monkeypatch.setattr("connector.files.os.fsync", broken_fsync)  # the cache's writer
     with pytest.raises(OSError, match="No space left"):
         cache.put("x.png", "v2", b"new content")
     monkeypatch.undo()
@@ -137,7 +137,7 @@ def test_reopening_keeps_entries_and_cleans_up_after_a_crash(tmp_path: Path) -> 
     gone.unlink()  # a file lost behind the cache's back
     orphan = kept.parent / ("0" * 64 + ".png")  # a complete file never indexed
     orphan.write_bytes(b"orphan")
-    tmp = kept.parent / (kept.name + ".tmp-123-456")  # a write cut short
+    tmp = kept.parent / f".{kept.name}.0123456789ab.tmp"  # a write cut short
     tmp.write_bytes(b"par")
 
     reopened = LabeledCache(tmp_path, max_bytes=1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -473,6 +474,16 @@ def test_local_etag_changes_when_a_file_is_rewritten(tmp_path: Path) -> None:
     before = next(iter(store.list_objects())).etag
     store.put("a.png", b"different, longer content")
     assert next(iter(store.list_objects())).etag != before
+
+
+def test_local_put_replaces_atomically_with_ordinary_permissions(tmp_path: Path) -> None:
+    store = _local(tmp_path, ["a/b.png"])
+    store.put("a/b.png", b"new")
+    assert store.read("a/b.png") == b"new"
+    assert sorted(p.name for p in (tmp_path / "pool" / "a").iterdir()) == ["b.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "pool" / "a" / "b.png").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_local_read_missing_and_traversal(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ Layout under ``root``::
     index.sqlite3               key, etag, size, last access of each entry
 
 Content addressing by ``(key, etag)`` means a changed object (new etag) is a miss and is
-fetched again; the stale copy is dropped. Files are written to a temporary name and
-renamed (``os.replace``), and a file is in the index only after it is complete, so a
-crash leaves at most an orphan file, which opening the cache removes. The least recently
+fetched again; the stale copy is dropped. Files are written atomically
+(``connector.files.atomic_write_bytes``: a temporary name, fsync, ``os.replace``), and a
+file is in the index only after it is complete, so a crash leaves at most an orphan
+file, which opening the cache removes. The least recently
 used entries are evicted to stay within ``max_bytes``. One process owns a cache folder.
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
 from connector.contracts.ports import ObjectStore
+from connector.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
 CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_access);
 """
-_TMP_MARK = ".tmp-"
 _EXT_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 #: Errors of a whole store, not of one item: ``ensure_many`` raises these at once.
 _STORE_ERRORS = (AuthError, ServiceUnavailable, ConfigError)
@@ -170,23 +171,6 @@ class LabeledCache:
                 self._drop(h, file, size)
                 self._evictions += 1
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{threading.get_ident()}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
     # ------------------------------------------------------------------ API
 
     def get(self, key: str, etag: str) -> Path | None:
@@ -221,7 +205,7 @@ class LabeledCache:
         path = self._file_for(key, h)
         with self._lock:
             # the file first, the index after: a failed write leaves the index as it was
-            self._write_atomic(path, data)
+            atomic_write_bytes(path, data)
             for old_h, file, size in self._db.execute(
                 "SELECT hash, file, size FROM entries WHERE key = ?", (key,)
             ).fetchall():

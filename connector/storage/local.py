@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from connector.contracts.errors import ConfigError
 from connector.contracts.ports import ObjectInfo
+from connector.files import atomic_write_bytes
 
 # fmt: off
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -160,14 +161,7 @@ class LocalStore:
 
     def put(self, key: str, data: bytes) -> None:
         """Write ``data`` as ``key`` atomically (for the demo and tests)."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(self._path(key), data)
 
     def check(self) -> dict[str, Any]:
         """Verify the folder exists and can be listed; raise ``ConfigError`` naming the fix."""
