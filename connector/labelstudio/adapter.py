@@ -222,8 +222,6 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
             f"{self.project_id} {project.title!r}, {int(project.task_number or 0)} tasks"
         )
 
-    check = health
-
     def set_model_version(self, model_version: str) -> None:
         """Make ``model_version`` the project's, so Label Studio shows and samples it.
 

@@ -15,7 +15,6 @@ import io
 import math
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -188,10 +187,3 @@ def random_affine(
     )
     grid = F.affine_grid(theta, list(x_B_C_H_W.shape), align_corners=False)
     return F.grid_sample(x_B_C_H_W, grid, padding_mode="border", align_corners=False)
-
-
-def read_source(source: ImageSource) -> bytes:
-    """The bytes of an image given as bytes or a path (for hashing or re-encoding)."""
-    if isinstance(source, bytes):
-        return source
-    return Path(source).read_bytes()
