@@ -395,16 +395,6 @@ def test_poll_several_annotations_rule(
     assert {s.task_id: s.label for s in majority}[t1] == "3"  # 3, 5, 3
 
 
-def test_task_counts(ls_project: LabelStudioProject, ls_client: LabelStudio) -> None:
-    adapter = ls_project.adapter()
-    mapping = adapter.push(_tasks(4), "r1")
-    t0, t1, *_ = mapping.values()
-    annotate(ls_client, t0, "0")
-    skip(ls_client, t1)
-    counts = adapter.task_counts()
-    assert (counts.total, counts.labeled, counts.skipped) == (4, 1, 1)
-
-
 def test_demo_helpers_label_in_priority_order(ls_project: LabelStudioProject) -> None:
     adapter = ls_project.adapter()
     tasks = _tasks(3)
@@ -424,8 +414,10 @@ def test_both_token_kinds_work(
 ) -> None:
     token = label_studio.legacy_token if kind == "legacy" else label_studio.personal_access_token()
     adapter = ls_project.adapter(token=token)
-    assert adapter.token_kind == ("legacy token" if kind == "legacy" else "personal access token")
-    assert "as " + label_studio.username in adapter.health()
+    assert adapter.ls.token_kind == (
+        "legacy token" if kind == "legacy" else "personal access token"
+    )
+    assert adapter.check_project([]).project_id == ls_project.id
     adapter.push(_tasks(2), "r1")
     assert len(adapter.poll(None).states) == 2
 

@@ -25,14 +25,13 @@ from label_studio_sdk.core.api_error import ApiError
 
 from connector.contracts.errors import ConfigError, ConnectorError
 from connector.contracts.ports import PollResult, ProjectInfo, TaskLabelState, TaskToPush
-from connector.labelstudio.admin import LabelStudioAdminMixin, TaskCounts
+from connector.labelstudio.admin import LabelStudioAdminMixin
 from connector.labelstudio.client import (
     LOOKUP_FIELDS,
     LOOKUP_PAGE,
     LabelStudioClient,
     api_detail,
     create_personal_access_token,
-    token_kind,
 )
 from connector.labelstudio.config import LabelConfigInfo, check_classes, parse_label_config
 from connector.labelstudio.query import (
@@ -46,9 +45,7 @@ from connector.labelstudio.resolve import RULES, Rule, resolve_task
 
 __all__ = [
     "LabelStudioAdapter",
-    "TaskCounts",
     "create_personal_access_token",
-    "token_kind",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,10 +122,6 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
 
     def __repr__(self) -> str:  # never the token
         return f"LabelStudioAdapter(url={self.url!r}, project_id={self.project_id})"
-
-    @property
-    def token_kind(self) -> str:
-        return self.ls.token_kind
 
     # ------------------------------------------------------------------ projects
     @classmethod
@@ -211,15 +204,6 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
             choices=list(config.choices),
             task_count=int(project.task_number or 0),
             warnings=warnings,
-        )
-
-    def health(self) -> str:
-        """Reachability, auth and project access in one line; raises naming the fix."""
-        who = self.ls.call("identify the token's user", self.ls.sdk.users.whoami)
-        project = self._project()
-        return (
-            f"{self.url} as {who.email or who.username} ({self.token_kind}); project "
-            f"{self.project_id} {project.title!r}, {int(project.task_number or 0)} tasks"
         )
 
     def set_model_version(self, model_version: str) -> None:

@@ -1,13 +1,12 @@
 """Project administration and annotator-side helpers of the Label Studio adapter.
 
-Status counts, the source-storage connection (URL resolution only, never a sync) and the
-small annotator helpers the demo and tests use. Mixed into ``LabelStudioAdapter``.
+The source-storage connection (URL resolution only, never a sync) and the small
+annotator helpers the demo and tests use. Mixed into ``LabelStudioAdapter``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from connector.contracts.errors import ConfigError
 from connector.labelstudio.client import LOOKUP_FIELDS, LOOKUP_PAGE, LabelStudioClient
@@ -15,15 +14,6 @@ from connector.labelstudio.config import LabelConfigInfo
 from connector.labelstudio.query import ITEM_KEY, PRIORITY_KEY, dm_filter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TaskCounts:
-    """Tasks of the project: all, with a finished annotation, skipped only."""
-
-    total: int
-    labeled: int
-    skipped: int
 
 
 class LabelStudioAdminMixin:
@@ -39,18 +29,7 @@ class LabelStudioAdminMixin:
     def _class_of(self) -> dict[str, str]:
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ status, storage
-    def task_counts(self) -> TaskCounts:
-        """All tasks, tasks with a finished annotation, tasks only skipped."""
-        labeled = dm_filter("total_annotations", "greater", "Number", 0)
-        no_finished = dm_filter("total_annotations", "equal", "Number", 0)
-        cancelled = dm_filter("cancelled_annotations", "greater", "Number", 0)
-        return TaskCounts(
-            total=self.ls.count([]),
-            labeled=self.ls.count([labeled]),
-            skipped=self.ls.count([no_finished, cancelled]),
-        )
-
+    # ------------------------------------------------------------------ storage
     def connect_source_storage(
         self,
         bucket: str | None,

@@ -200,10 +200,6 @@ class LabelStudioClient:
             retry=retry,
         )
 
-    def count(self, filters: Sequence[dict[str, Any]]) -> int:
-        pager = self.page(filters, None, 1, "id")
-        return int(getattr(pager.response, "total", None) or 0)
-
     def tasks_where(
         self, filters: Sequence[dict[str, Any]], *, size: int, fields: str, retry: bool = True
     ) -> Iterator[Any]:
