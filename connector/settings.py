@@ -1,23 +1,41 @@
-"""Typed settings: one TOML file plus environment overrides, validated at start-up.
+"""Typed settings: one TOML file, CLI overrides and the environment, validated at start-up.
 
-This is the only module that reads the environment (house rule 2). Every value can come
-from the TOML file (``[section] key = value``) and be overridden by an environment
-variable ``ALC_<SECTION>__<KEY>`` (e.g. ``ALC_LABEL_STUDIO__TOKEN``). Secrets come from
-the environment or from files (``token_file``), never from logs: they are ``SecretStr``.
-Object-storage credentials may also come from the usual AWS chain (``AWS_*`` variables,
-profiles, instance roles), which boto3 reads itself.
+This is the only module that reads the environment (house rule 2), and only in
+``load_settings``: never at import, never when code builds ``Settings(**values)``. A value
+comes from the file (``[section] key = value``), the overrides (CLI flags) over it, or an
+environment variable ``ALC_<SECTION>__<KEY>`` (e.g. ``ALC_LABEL_STUDIO__TOKEN``) over both.
+Secrets come from the environment or from files (``token_file``) and are ``SecretStr``;
+boto3 reads the usual AWS chain (``AWS_*``, profiles, instance roles) itself.
+
+pydantic-settings reads and layers those sources, so the rules are a maintained library's,
+documented and tested there, not a hand-written overlay's: its TOML source reads the file,
+its environment source splits ``ALC_SECTION__KEY`` names and decodes JSON only for list and
+table settings (a template such as ``{path}`` stays a string), and it deep-merges the
+sources in order. Kept here is what it does not do: one ``ConfigError`` naming every problem
+and its fix, "did you mean" for misspelt sections, keys and variables (it would silently
+ignore an unknown ``ALC_`` section), and relative paths resolved against the file's folder.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from connector.contracts.errors import ConfigError
 
@@ -30,6 +48,7 @@ ENV_PREFIX = "ALC_"
 ENV_NESTED = "__"
 #: Environment variable naming the settings file when ``--config`` is not given.
 CONFIG_ENV = "ALC_CONFIG"
+_SPELLING = "check its spelling against docs/settings.md"
 
 
 class _Section(BaseModel):
@@ -277,117 +296,201 @@ class Settings(BaseModel):
         return self.state.dir / "cache"
 
 
+#: What the current ``load_settings`` call reads: the setting variables and the file.
+_INPUTS: ContextVar[tuple[Mapping[str, str], Path | None]] = ContextVar("_INPUTS")
+
+
+class _Layers(BaseSettings, Settings):
+    """``Settings`` built by pydantic-settings from the sources of one ``load_settings``.
+
+    A subclass (the pattern of the library's own ``CliApp``), so that ``Settings(**values)``
+    stays a plain model that reads nothing. Section names match exactly, as they always did.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, case_sensitive=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        variables, file = _INPUTS.get()  # highest priority first; init_settings = overrides
+        env = _VariablesSource(settings_cls, variables)
+        if file is None:
+            return env, init_settings
+        return env, init_settings, TomlConfigSettingsSource(settings_cls, toml_file=file)
+
+
+class _VariablesSource(EnvSettingsSource):
+    """The library's environment source over the given variables instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], variables: Mapping[str, str]) -> None:
+        self._variables = variables
+        super().__init__(
+            settings_cls,
+            case_sensitive=False,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter=ENV_NESTED,
+            env_ignore_empty=True,
+        )
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # As the library prepares os.environ: names lower-cased, empty values dropped.
+        return {k.lower(): v for k, v in self._variables.items() if v or not self.env_ignore_empty}
+
+
 def load_settings(
     path: Path | str | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read the TOML file (if any), apply ``ALC_*`` environment overrides, validate.
+    """Read the TOML file (if any), the ``overrides`` over it, ``ALC_*`` variables over both.
 
     Raises ``ConfigError`` with every problem and its fix named, never a raw traceback.
-    ``environ`` replaces ``os.environ`` (tests); ``overrides`` is a nested dict applied
-    over the file (CLI flags).
+    ``environ`` replaces ``os.environ`` (tests); ``overrides`` is a nested dict (CLI flags).
+    An empty variable is not set; lists and tables in variables are JSON.
     """
     env = os.environ if environ is None else environ
     if path is None and env.get(CONFIG_ENV):
         path = env[CONFIG_ENV]
-    data: dict[str, Any] = {}
-    base_dir: Path | None = None
-    if path is not None:
-        file = Path(path)
-        base_dir = file.resolve().parent
-        try:
-            raw = file.read_bytes()
-        except FileNotFoundError:
-            raise ConfigError(
-                f"settings file {file} does not exist; pass --config PATH or set {CONFIG_ENV} "
-                "(see deploy/settings.example.toml)"
-            ) from None
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"settings file {file} is not valid TOML: {exc}; fix it") from None
-    if overrides:
-        data = _deep_merge(data, dict(overrides))
-    data = _deep_merge(data, _env_overrides(env))
+    file = None if path is None else Path(path)
+    if file is not None and not file.is_file():
+        raise ConfigError(
+            f"settings file {file} {'is not a file' if file.exists() else 'does not exist'}; "
+            f"pass --config PATH or set {CONFIG_ENV} (see deploy/settings.example.toml)"
+        )
+    variables, problems = _setting_variables(env)
+    reset = _INPUTS.set((variables, file))
     try:
-        settings = Settings(**data)
+        layers = _Layers(**dict(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, path)) from None
-    if base_dir is not None:
-        settings = _resolve_paths(settings, base_dir)
-    return settings
+        problems = _explain(exc) + problems
+    except SettingsError as exc:  # it names the section only; name the variable
+        problems = (_not_json(variables) or [f"  {exc}"]) + problems
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {file} is not valid TOML: {exc}; fix it") from None
+    except OSError as exc:
+        raise ConfigError(f"settings file {file} cannot be read ({exc.strerror}); fix it") from None
+    finally:
+        _INPUTS.reset(reset)
+    if problems:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError("\n".join([f"invalid settings{where}:", *problems]))
+    settings = Settings(**{name: getattr(layers, name) for name in Settings.model_fields})
+    return settings if file is None else _resolve_paths(settings, file.resolve().parent)
 
 
 def _resolve_paths(settings: Settings, base: Path) -> Settings:
-    def fix(p: Path | None) -> Path | None:
-        if p is None or p.is_absolute():
-            return p
-        return base / p
-
-    state = settings.state.model_copy(update={"dir": fix(settings.state.dir)})
-    storage = settings.storage.model_copy(
-        update={
-            "local_root": fix(settings.storage.local_root),
-            "local_document_root": fix(settings.storage.local_document_root),
-        }
-    )
-    ls = settings.label_studio.model_copy(
-        update={"token_file": fix(settings.label_studio.token_file)}
-    )
-    return settings.model_copy(update={"state": state, "storage": storage, "label_studio": ls})
+    update = {}
+    for section, keys in _FILE_RELATIVE.items():
+        model = getattr(settings, section)
+        paths = {key: getattr(model, key) for key in keys}
+        fixed = {k: base / p for k, p in paths.items() if p is not None and not p.is_absolute()}
+        update[section] = model.model_copy(update=fixed)
+    return settings.model_copy(update=update)
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``ALC_SECTION__KEY=value`` variables as a nested dict (lists/dicts as JSON)."""
-    out: dict[str, Any] = {}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or ENV_NESTED not in name:
+_FILE_RELATIVE = {
+    "state": ("dir",),
+    "storage": ("local_root", "local_document_root"),
+    "label_studio": ("token_file",),
+}
+
+
+def _setting_variables(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The ``ALC_<SECTION>__<KEY>`` variables that name a setting, and a problem per other.
+
+    ``ALC_`` variables without ``__`` (``ALC_CONFIG``, the tests' ``ALC_TEST_*``) are not
+    settings; the library would read ``ALC_<SECTION>`` as a whole section, so it never sees them.
+    """
+    sections = _sections()
+    known: dict[str, str] = {}
+    problems: list[str] = []
+    for name, value in environ.items():
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or ENV_NESTED not in upper:
             continue
-        if value == "":
-            # An empty variable (compose's ${VAR:-}) means "not set": the file or default rules.
+        section, _, rest = upper[len(ENV_PREFIX) :].lower().partition(ENV_NESTED)
+        key = rest.split(ENV_NESTED)[0]
+        fields = sections[section].model_fields if section in sections else {}
+        if key in fields and (key == rest or get_origin(fields[key].annotation) is dict):
+            known[name] = value  # a key, or an entry of a table (ALC_LABELS__MAP__CAT)
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split(ENV_NESTED)]
-        parsed: Any = value
-        if value.startswith(("[", "{")):
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                raise ConfigError(
-                    f'{name} looks like JSON but does not parse; write e.g. {name}=\'["a", "b"]\''
-                ) from None
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{name} conflicts with another ALC_ variable; remove one")
-        node[parts[-1]] = parsed
-    return out
+        if value == "":  # not set, so not a problem either
+            continue
+        guess = section if fields else _closest(section, sections)
+        keys = sections[guess].model_fields if guess else {}
+        near = rest if rest in keys else key if key in keys else _closest(rest, keys)
+        hint = f"did you mean {_env_name(guess, near)}?" if guess and near else _SPELLING
+        where = f"{section}.{rest.replace(ENV_NESTED, '.')}" if fields else section
+        problems.append(f"  {where}: unknown setting {name}; {hint}")
+    return known, problems
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _explain(exc: ValidationError, path: Path | str | None) -> str:
-    where = f" in {path}" if path is not None else ""
-    lines = [f"invalid settings{where}:"]
+def _explain(exc: ValidationError) -> list[str]:
+    lines = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        loc = tuple(str(p) for p in err["loc"])
         dotted = ".".join(loc) or "(root)"
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown setting; check its spelling against docs/settings.md"
-        env_name = ENV_PREFIX + ENV_NESTED.join(p.upper() for p in loc)
-        lines.append(f"  {dotted}: {msg} (set it in the TOML file or as {env_name})")
-    return "\n".join(lines)
+            lines.append(f"  {dotted}: {_unknown_in_file(loc)}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        env = _env_name(*loc[:2]) if len(loc) > 1 else ""
+        hint = f" (set it in the TOML file or as {env})" if env in env_variable_names() else ""
+        lines.append(f"  {dotted}: {msg}{hint}")
+    return lines
+
+
+def _unknown_in_file(loc: tuple[str, ...]) -> str:
+    sections = _sections()
+    if len(loc) == 1:
+        guess = _closest(loc[0], sections)
+        return f"unknown section [{loc[0]}]; " + (
+            f"did you mean [{guess}]?" if guess else _SPELLING
+        )
+    guess = _closest(loc[1], sections[loc[0]].model_fields) if loc[0] in sections else None
+    return "unknown setting; " + (f"did you mean {loc[0]}.{guess}?" if guess else _SPELLING)
+
+
+def _not_json(variables: Mapping[str, str]) -> list[str]:
+    """A problem per variable of a list or table setting whose value is not JSON."""
+    lines = []
+    for name, value in variables.items():
+        section, _, key = name.upper()[len(ENV_PREFIX) :].lower().partition(ENV_NESTED)
+        field = _sections()[section].model_fields.get(key)
+        kind = field and get_origin(field.annotation)
+        try:
+            json.loads(value)
+        except ValueError:
+            if kind in (list, dict):
+                example = '["a", "b"]' if kind is list else '{"a": "b"}'
+                lines.append(f"  {section}.{key}: {name} is not JSON; write {name}='{example}'")
+    return lines
+
+
+def _closest(word: str, choices: Iterable[str]) -> str | None:
+    found = difflib.get_close_matches(word, list(choices), n=1)
+    return found[0] if found else None
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}{key.upper()}"
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    """Section name -> its model, in file order."""
+    out = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        out[section] = model
+    return out
 
 
 def settings_reference() -> str:
@@ -401,9 +504,7 @@ def settings_reference() -> str:
         f"`{ENV_PREFIX}<SECTION>{ENV_NESTED}<KEY>`.",
         "",
     ]
-    for section, field in Settings.model_fields.items():
-        model = field.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+    for section, model in _sections().items():
         out += [
             f"## [{section}]",
             "",
@@ -417,9 +518,8 @@ def settings_reference() -> str:
                 else _fmt_default(sub.get_default(call_default_factory=True))
             )
             typ = _fmt_type(sub.annotation)
-            env = f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}{key.upper()}"
             desc = (sub.description or "").replace("|", "\\|")
-            out.append(f"| `{key}` | {typ} | {default} | `{env}` | {desc} |")
+            out.append(f"| `{key}` | {typ} | {default} | `{_env_name(section, key)}` | {desc} |")
         out.append("")
     return "\n".join(out)
 
@@ -427,11 +527,8 @@ def settings_reference() -> str:
 def env_variable_names() -> set[str]:
     """Every ``ALC_*`` variable the settings accept (for checking deploy files)."""
     names = {CONFIG_ENV}
-    for section, field in Settings.model_fields.items():
-        model = field.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
-        for key in model.model_fields:
-            names.add(f"{ENV_PREFIX}{section.upper()}{ENV_NESTED}{key.upper()}")
+    for section, model in _sections().items():
+        names.update(_env_name(section, key) for key in model.model_fields)
     return names
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from connector.contracts.errors import ConfigError
-from connector.settings import env_variable_names, load_settings, settings_reference
+from connector.settings import Settings, env_variable_names, load_settings, settings_reference
 
 GOOD = """
 [label_studio]
@@ -97,6 +98,95 @@ def test_bad_settings_name_the_fix(
 def test_missing_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_unknown_section_in_the_file_suggests_the_closest(tmp_path: Path) -> None:
+    text = GOOD + "\n[valdation]\nsize = 5\n"
+    with pytest.raises(
+        ConfigError, match=r"unknown section \[valdation\]; did you mean \[validation\]\?"
+    ):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_unknown_key_in_the_file_suggests_the_closest(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"strategy\.nmae: .*did you mean strategy\.name\?"
+    ) as err:
+        load_settings(write(tmp_path, "[strategy]\nnmae = 'bald'\n"), environ={})
+    assert "ALC_STRATEGY__NMAE" not in str(err.value), "it names a variable that does not exist"
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        pytest.param("ALC_VALDATION__SIZE", "ALC_VALIDATION__SIZE", id="section"),
+        pytest.param("ALC_STRATEGY__NMAE", "ALC_STRATEGY__NAME", id="key"),
+    ],
+)
+def test_unknown_variable_suggests_the_closest(tmp_path: Path, name: str, suggested: str) -> None:
+    with pytest.raises(ConfigError, match=rf"unknown setting {name}; did you mean {suggested}\?"):
+        load_settings(write(tmp_path, GOOD), environ={name: "5"})
+
+
+def test_every_problem_at_once_naming_only_real_variables(tmp_path: Path) -> None:
+    text = "[valdation]\nsize = 5\n[strategy]\nnmae = 'bald'\nbatch_size = 0\n"
+    env = {
+        "ALC_NOSUCH__KEY": "1",
+        "ALC_ROUNDS__MIN_LABELED_FRACTION": "2",
+        "ALC_STRATEGY__NMAE": "x",
+    }
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text), environ=env)
+    message = str(err.value)
+    for problem in ("[valdation]", "strategy.nmae", "strategy.batch_size", "min_labeled_fraction"):
+        assert problem in message
+    assert "ALC_NOSUCH__KEY; check its spelling" in message, "nothing close: no guess"
+    assert "ALC_STRATEGY__NMAE; did you mean ALC_STRATEGY__NAME?" in message
+    invented = set(re.findall(r"ALC_\w+", message)) - env_variable_names() - set(env)
+    assert not invented, f"the message names variables that do not exist: {invented}"
+
+
+def test_alc_variables_without_double_underscore_are_not_settings(tmp_path: Path) -> None:
+    env = {
+        "ALC_CONFIG": str(write(tmp_path, GOOD)),
+        "ALC_TEST_LABEL_STUDIO_BIN": "/opt/label-studio",
+        "ALC_LABELS": '{"classes": ["x"]}',
+        "ALC_STORAGE": "not json",
+    }
+    s = load_settings(environ=env)
+    assert s.labels.classes == ["cat", "dog"] and s.storage.bucket == "pool"
+
+
+def test_environment_over_overrides_over_file(tmp_path: Path) -> None:
+    overrides = {"strategy": {"batch_size": 10, "name": "margin"}, "validation": {"size": 3}}
+    env = {"ALC_STRATEGY__BATCH_SIZE": "7"}
+    s = load_settings(write(tmp_path, GOOD), environ=env, overrides=overrides)
+    assert s.strategy.batch_size == 7, "the environment wins over overrides and the file"
+    assert s.strategy.name == "margin" and s.validation.size == 3, "overrides win over the file"
+    assert s.strategy.params == {"beta": 1.0}, "a section is merged key by key"
+    assert s.label_studio.project_id == 3
+
+
+def test_only_list_and_table_variables_are_json(tmp_path: Path) -> None:
+    env = {
+        "ALC_STORAGE__KIND": "local",
+        "ALC_STORAGE__LOCAL_ROOT": "/pool",
+        "ALC_STORAGE__LOCAL_URL_TEMPLATE": "{path}",
+        "ALC_LABELS__MAP": '{"Kitty": "cat"}',
+    }
+    s = load_settings(write(tmp_path, GOOD), environ=env)
+    assert s.storage.local_url_template == "{path}", "a string setting is never decoded"
+    assert s.labels.map == {"Cat": "cat", "Dog": "dog", "Kitty": "cat"}, "tables merge"
+    with pytest.raises(
+        ConfigError, match=r"labels\.classes: ALC_LABELS__CLASSES is not JSON; write"
+    ):
+        load_settings(write(tmp_path, GOOD), environ={"ALC_LABELS__CLASSES": '["cat", '})
+
+
+def test_building_settings_in_code_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALC_STRATEGY__NAME", "margin")
+    assert Settings().strategy.name == "entropy"
+    assert Settings(strategy={"batch_size": 3}).strategy.name == "entropy"
 
 
 def test_reference_lists_every_variable() -> None:
