@@ -11,7 +11,7 @@ import torch
 
 from connector.contracts.errors import ConfigError
 from connector.devtools.datasets import DIGIT_CLASSES, LabeledImage
-from connector.learning.checkpoints import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from connector.learning.checkpoints import load_checkpoint, save_checkpoint
 from connector.learning.model import ModelSpec
 from connector.learning.training import (
     TrainConfig,
@@ -87,7 +87,7 @@ def test_checkpoint_round_trip_is_safe_and_atomic(trained: TrainedModel, tmp_pat
     # Loads with the safe unpickler: only tensors and plain containers inside.
     payload = torch.load(path, weights_only=True)
     assert set(payload) == {"meta", "tensors"}
-    meta = read_checkpoint_meta(path)
+    meta = json.loads(payload["meta"])
     assert meta["classes"] == list(DIGIT_CLASSES)
     assert meta["extra"] == {"round": 1, "model_version": "r0001"}
     assert meta["spec"]["image_size"] == 16

@@ -60,11 +60,6 @@ def save_checkpoint(
     atomic_write_text(Path(f"{path}.json"), meta_text + "\n")
 
 
-def read_checkpoint_meta(path: Path | str) -> dict[str, Any]:
-    """The metadata of a checkpoint (settings, label map, extra), loaded safely."""
-    return _load_payload(Path(path))[0]
-
-
 def _load_payload(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -117,6 +112,5 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "load_checkpoint",
-    "read_checkpoint_meta",
     "save_checkpoint",
 ]
