@@ -2,7 +2,7 @@
 
 Training reads labeled images many times, so they are kept on local disk; the pool is
 never mirrored. Nothing here lists a store: the cache holds exactly the ``(key, etag)``
-pairs it is asked for (``ensure``/``ensure_many``/``put``), within ``max_bytes``.
+pairs it is asked for (``ensure_many``), within ``max_bytes``.
 
 Layout under ``root``::
 
@@ -26,8 +26,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
@@ -51,18 +50,6 @@ CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_access);
 _EXT_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 #: Errors of a whole store, not of one item: ``ensure_many`` raises these at once.
 _STORE_ERRORS = (AuthError, ServiceUnavailable, ConfigError)
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """Entries and bytes on disk now; hits, misses and evictions since this object opened."""
-
-    entries: int
-    bytes: int
-    max_bytes: int
-    hits: int
-    misses: int
-    evictions: int
 
 
 def entry_hash(key: str, etag: str) -> str:
@@ -95,7 +82,6 @@ class LabeledCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._hits = self._misses = self._evictions = 0
         self._tick = 0
         self._pinned: set[str] = set()
         self._reconcile()
@@ -169,7 +155,6 @@ class LabeledCache:
                 if self._bytes <= self.max_bytes:
                     return
                 self._drop(h, file, size)
-                self._evictions += 1
 
     # ------------------------------------------------------------------ API
 
@@ -184,10 +169,8 @@ class LabeledCache:
                     self._db.execute(
                         "UPDATE entries SET last_access = ? WHERE hash = ?", (self._now(), h)
                     )
-                    self._hits += 1
                     return path
                 self._drop(h, row[0], row[1])  # deleted behind our back
-            self._misses += 1
             return None
 
     def put(self, key: str, etag: str, data: bytes) -> Path:
@@ -232,14 +215,11 @@ class LabeledCache:
                 )
             return path
 
-    def ensure(self, store: ObjectStore, key: str, etag: str) -> Path:
-        """The cached file of ``key`` at ``etag``, read from ``store`` on a miss."""
-        return self.get(key, etag) or self.put(key, etag, store.read(key))
-
     def ensure_many(
         self, store: ObjectStore, items: Iterable[tuple[str, str]], max_workers: int = 8
     ) -> dict[str, Path | Exception]:
-        """``ensure`` each ``(key, etag)``, reading the misses concurrently.
+        """The cached file of each ``(key, etag)``, reading the misses from ``store``
+        concurrently.
 
         Returns ``key -> file`` in input order, or ``key -> error`` for an item that could
         not be read (missing, corrupt): those are for the caller to quarantine. Errors of
@@ -282,33 +262,3 @@ class LabeledCache:
             with self._lock:
                 self._pinned -= pinned
                 self._evict_over_bound()
-
-    def evict(self, key: str) -> int:
-        """Drop every cached version of ``key``; returns how many were dropped."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT hash, file, size FROM entries WHERE key = ?", (key,)
-            ).fetchall()
-            for h, file, size in rows:
-                self._drop(h, file, size)
-            return len(rows)
-
-    def entries(self) -> Iterator[tuple[str, str, int]]:
-        """``(key, etag, size)`` of every cached entry, least recently used first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key, etag, size FROM entries ORDER BY last_access"
-            ).fetchall()
-        return iter(rows)
-
-    def stats(self) -> CacheStats:
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
-            return CacheStats(
-                entries=int(count),
-                bytes=self._bytes,
-                max_bytes=self.max_bytes,
-                hits=self._hits,
-                misses=self._misses,
-                evictions=self._evictions,
-            )
