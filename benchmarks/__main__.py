@@ -13,7 +13,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("strategies", "scoring", "simulation", "labelstudio")
+BENCHMARKS = ("strategies", "scoring", "round", "simulation", "labelstudio")
 
 
 def main() -> None:
