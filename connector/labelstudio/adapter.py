@@ -1,5 +1,5 @@
-"""The Label Studio adapter (``LabelingBackend``): the only module, with its
-``labelstudio_*`` helpers, that talks to Label Studio and imports ``label_studio_sdk``.
+"""The Label Studio adapter (``LabelingBackend``): with the other ``connector.labelstudio``
+modules, the only code that talks to Label Studio and imports ``label_studio_sdk``.
 
 - Polling is incremental: the tasks list API with a Data Manager filter on the task's
   ``updated_at`` (which Label Studio bumps when an annotation is created, updated or
@@ -54,7 +54,7 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
 class LabelStudioAdapter(LabelStudioAdminMixin):
-    """``LabelingBackend`` on one Label Studio project (see ``connector.ports``).
+    """``LabelingBackend`` on one Label Studio project (see ``connector.contracts.ports``).
 
     Args:
         url: base URL of Label Studio, e.g. ``http://localhost:8080``.
@@ -67,7 +67,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         classes: the model's classes; annotations choosing anything else are invalid.
             ``check_project(classes)`` sets them too. Unset: every mapped choice is a class.
         multi_annotation: how several annotations on one task resolve (see
-            ``labelstudio_resolve``).
+            ``connector.labelstudio.resolve``).
         import_chunk_size: tasks per import call.
         page_size: tasks per page when polling.
         timeout_s / import_timeout_s: HTTP timeouts of ordinary calls / of one import.

@@ -1,7 +1,7 @@
 """The local-folder pool: the embedded default, with the same interface as ``S3Store``.
 
-``connector.storage`` re-exports ``LocalStore``; this module has no boto3, so the shared
-helpers (image extensions) live here and the S3 store imports them.
+``connector.storage.s3`` re-exports ``LocalStore``; this module has no boto3, so the
+shared helpers (image extensions) live here and the S3 store imports them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Object storage: the pool of images, in an S3-compatible bucket or a local folder.
 
 This is the only module that imports ``boto3`` (house rule 2). ``S3Store`` lives here;
-``LocalStore`` lives in ``connector.localstore`` (no boto3) and is re-exported. Both
-implement ``ports.ObjectStore``:
+``LocalStore`` lives in ``connector.storage.local`` (no boto3) and is re-exported. Both
+implement ``connector.contracts.ports.ObjectStore``:
 
 - ``list_objects(start_after)`` streams image objects in key order (S3's UTF-8 binary
   order, which is also Python's ``str`` order), page by page. The cycle keeps the last
