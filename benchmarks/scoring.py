@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 from connector.devtools.datasets import digit_png, digits_arrays
-from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_store
+from connector.learning.trained import TrainedModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scoring.json"
 K = 20

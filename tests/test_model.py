@@ -12,7 +12,8 @@ from PIL import Image
 
 from connector.contracts.errors import BadItem, ConfigError
 from connector.learning.images import BadImage, decode_image, infer_channels, random_affine
-from connector.learning.model import ModelSpec, TrainedModel, build_model
+from connector.learning.model import ModelSpec, build_model
+from connector.learning.trained import TrainedModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

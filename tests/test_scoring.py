@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from connector.devtools.datasets import LabeledImage
-from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.model import ModelSpec
 from connector.learning.scoring import sample_candidates, score_pool, score_store
+from connector.learning.trained import TrainedModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,8 @@ import torch
 
 from connector.contracts.errors import ConfigError
 from connector.files import atomic_write, atomic_write_text
-from connector.learning.model import Classifier, ModelSpec, TrainedModel, build_model
+from connector.learning.model import Classifier, ModelSpec, build_model
+from connector.learning.trained import TrainedModel
 
 CHECKPOINT_FORMAT = "al-connector-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -26,7 +26,7 @@ import torch
 
 from connector.contracts.ports import ObjectStore
 from connector.learning.images import BadImage, decode_image
-from connector.learning.model import TrainedModel
+from connector.learning.trained import TrainedModel
 from connector.learning.training import ProgressFn
 from connector.rounds.selection import sample_candidates
 from strategies import PoolOutputs

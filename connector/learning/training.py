@@ -42,7 +42,8 @@ from connector.learning.images import (
     random_affine,
     to_float,
 )
-from connector.learning.model import Classifier, ModelSpec, TrainedModel, build_model, normalisation
+from connector.learning.model import Classifier, ModelSpec, build_model
+from connector.learning.trained import TrainedModel, normalisation
 
 log = logging.getLogger(__name__)
 
