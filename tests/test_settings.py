@@ -201,3 +201,14 @@ def test_generated_reference_is_committed() -> None:
     assert committed.read_text().strip() == settings_reference().strip(), (
         "docs/settings.md is stale; run `al-connector settings-doc -o docs/settings.md`"
     )
+
+
+def test_only_the_loader_reads_the_environment() -> None:
+    # House rule 2: of the settings package, only loader touches os (environ, getenv).
+    package = Path(__file__).resolve().parents[1] / "connector" / "settings"
+    readers = sorted(
+        path.name
+        for path in package.glob("*.py")
+        if re.search(r"^\s*(import os\b|from os\b)", path.read_text(), re.MULTILINE)
+    )
+    assert readers == ["loader.py"]
