@@ -33,7 +33,7 @@ from typing import Any
 
 from connector.contracts.ports import TaskToPush
 from connector.devtools.datasets import DIGIT_CLASSES
-from connector.devtools.devservers import find_label_studio, start_label_studio
+from connector.devtools.labelstudio_server import find_label_studio, start_label_studio
 from connector.labelstudio.adapter import LabelStudioAdapter
 from connector.labelstudio.config import image_classification_config
 from connector.labelstudio.query import task_payload

@@ -12,7 +12,8 @@ import pytest
 from label_studio_sdk import LabelStudio
 
 from connector.devtools.datasets import DIGIT_CLASSES
-from connector.devtools.devservers import DevServerError, log_tail, start_label_studio
+from connector.devtools.labelstudio_server import start_label_studio
+from connector.devtools.servers import DevServerError, log_tail
 from tests.fixtures.labelstudio import LabelStudioHandle, LabelStudioProject, annotate, skip
 
 

@@ -147,7 +147,8 @@ def demo_cmd(
     verbose: bool,
 ) -> None:
     """Run the loop end to end on a local Label Studio and S3 server with digits."""
-    from connector.devtools.devservers import find_label_studio, start_label_studio, start_s3_server
+    from connector.devtools.labelstudio_server import find_label_studio, start_label_studio
+    from connector.devtools.s3_server import start_s3_server
     from connector.storage.s3 import S3Store
 
     bin_path = find_label_studio(label_studio_bin)
