@@ -40,8 +40,9 @@ import torch
 from PIL import Image
 
 import strategies
-from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_store
+from connector.learning.trained import TrainedModel
 from connector.rounds.report import score_diagnostics
 from connector.storage.local import LocalStore
 from strategies import PoolOutputs, get_strategy

@@ -31,7 +31,8 @@ import torch
 
 from connector.contracts.errors import ConfigError
 from connector.learning.images import decode_many, infer_channels
-from connector.learning.model import ModelSpec, TrainedModel
+from connector.learning.model import ModelSpec
+from connector.learning.trained import TrainedModel
 from connector.learning.training import TrainConfig, evaluate_predictions, fit_tensors
 from strategies import PoolOutputs, get_strategy
 
