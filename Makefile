@@ -22,7 +22,7 @@ help:
 	@echo "make lint   ruff + mypy"
 	@echo "make bench  run the benchmarks and print their tables"
 
-$(BIN)/.installed: pyproject.toml setup.py strategies/_xlogx.c
+$(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "al-connector needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip

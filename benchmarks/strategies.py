@@ -206,16 +206,6 @@ def run_scorers(n_pool: int, full: bool) -> list[Row]:
             row.passed = seconds <= 3 * read
         rows.append(row)
         print(_format(row), flush=True)
-    if strategies.compiled_kernels() is not None:  # the fallback, measured in the same run
-        strategies.use_compiled_kernels(False)
-        try:
-            seconds = best_of(partial(strategies.bald, probs), repeat=3)
-        finally:
-            strategies.use_compiled_kernels(True)
-        row = Row("bald (K=20, torch fallback)", n_pool, None, seconds, 0.0, 0.0, 0.0)
-        row.figure = f"{seconds / read:.1f} x read"
-        rows.append(row)
-        print(_format(row), flush=True)
     return rows
 
 
@@ -265,9 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [10_000] if args.quick else [10_000, 100_000]
     threads = _set_threads(args.threads)
     load_before = os.getloadavg()
-    kernels = strategies.compiled_kernels() or "torch (strategies._xlogx not built)"
     print(f"strategies benchmark: K={K}, C={C}, D={D}, float32; threads {threads}")
-    print(f"-sum p log p kernels: {kernels}")
     print(f"load average before: {load_before[0]:.2f} (1 min) on {os.cpu_count()} cores")
     print("peak MB = max(tracemalloc peak, sampled RSS peak) above the input\n")
     print(_header())
@@ -284,7 +272,6 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "command": "python -m benchmarks.strategies" + (" --quick" if args.quick else ""),
         "threads": threads,
-        "kernels": kernels,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "python": platform.python_version(),

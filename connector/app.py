@@ -14,7 +14,9 @@ from connector.contracts.learner import Learner
 from connector.contracts.ports import ProjectInfo
 from connector.labelstudio.adapter import LabelStudioAdapter
 from connector.labelstudio.config import image_classification_config
-from connector.rounds.engine import Ports, RoundEngine
+from connector.rounds.context import Ports
+from connector.rounds.engine import RoundEngine
+from connector.rounds.plan import resolve_plan
 from connector.settings import Settings
 from connector.state import StateDB
 from connector.storage.cache import LabeledCache
@@ -129,6 +131,8 @@ class App:
 
 
 def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
+    # The round plan is checked before anything is written (no state db, no project).
+    resolve_plan(settings)
     state = StateDB(settings.db_path())
     store = open_store(settings)
     labeling, info = open_labeling(settings, state)

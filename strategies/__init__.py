@@ -5,7 +5,7 @@ Per-item scores (higher = more informative, float64 ``[N]``) are plain functions
 ``get_strategy(name, **params)`` builds one from a config. See ``docs/strategies.md``.
 """
 
-from strategies._kernels import compiled_kernels, set_torch_threads, use_compiled_kernels
+from strategies._kernels import set_torch_threads
 from strategies.badge import Badge
 from strategies.base import ItemScorer, PoolOutputs, Selection, Strategy, validate_probs
 from strategies.batchbald import BatchBALD
@@ -42,7 +42,6 @@ __all__ = [
     "TypiClust",
     "available",
     "bald",
-    "compiled_kernels",
     "distance_to_labeled",
     "entropy",
     "get_strategy",
@@ -57,7 +56,6 @@ __all__ = [
     "ratio",
     "scorer",
     "set_torch_threads",
-    "use_compiled_kernels",
     "validate_probs",
     "variation_ratios",
     "vote_entropy",

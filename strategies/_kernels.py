@@ -2,11 +2,8 @@
 
 Scorers walk the pool in row chunks that fit in cache, so memory above the input stays
 O(chunk) and a million-item pool costs what reading it costs, not a large temporary.
-``-sum p log p`` over float32 rows, and BALD, run in the compiled kernels of
-``strategies._xlogx`` (one pass over each item's block, a vectorised Cephes log) when the
-install built them; otherwise, and for float64 input, logarithms go through torch
-(vectorised; numpy's float32 log is several times slower on AVX2 machines). Everything
-else is numpy on the same buffers, zero copy.
+Logarithms go through torch (vectorised; numpy's float32 log is several times slower on
+AVX2 machines); everything else is numpy on the same buffers, zero copy.
 """
 
 from __future__ import annotations
@@ -20,44 +17,6 @@ import numpy as np
 import torch
 
 from strategies._common import CHUNK_ELEMENTS, check_scores, row_chunks
-
-_xlogx: Any
-try:
-    from strategies import _xlogx  # built by setup.py when a C compiler is present
-except ImportError:  # pragma: no cover - depends on the install
-    _xlogx = None
-
-#: Whether the compiled kernels are used when they are built (tests switch it off to run
-#: the torch fallback on the same inputs).
-_USE_COMPILED = [True]
-
-
-def use_compiled_kernels(enabled: bool) -> None:
-    """Use the compiled ``-sum p log p`` kernels when built (default), or always torch."""
-    _USE_COMPILED[0] = bool(enabled)
-
-
-def _active_kernels() -> Any:
-    """The compiled module if it is built and switched on, else None."""
-    return _xlogx if _USE_COMPILED[0] else None
-
-
-def compiled_kernels() -> str | None:
-    """The instruction set of the compiled kernels in use ("avx2+fma", "baseline"), or
-    None when the scorers use torch (not built, switched off)."""
-    kernels = _active_kernels()
-    if kernels is None:
-        return None
-    variant: str = kernels.variant()
-    return variant
-
-
-def _compiled_for(a: np.ndarray) -> Any:
-    """The compiled module when it applies to ``a`` (float32, C-contiguous), else None."""
-    if a.dtype != np.float32 or not a.flags.c_contiguous:
-        return None
-    return _active_kernels()
-
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -144,16 +103,10 @@ def neg_xlogx_rowsum(p_n_L: np.ndarray) -> np.ndarray:
 
     The fast path takes ``log`` of the raw values; rows where a zero produced ``0 * -inf``
     are recomputed with the zero lifted to the smallest normal float (its term is then
-    exactly 0 after the product). NaN or infinite inputs still give NaN, and the caller
-    raises on it. Each row is reduced on its own, so the result does not depend on how
-    the pool was chunked.
+    exactly 0 after the product). A negative or NaN input still gives NaN and +inf a
+    non-finite sum, and the caller raises on it. Each row is reduced on its own, so the
+    result does not depend on how the pool was chunked.
     """
-    n, length = p_n_L.shape
-    kernel = _compiled_for(p_n_L)
-    if kernel is not None and length > 0:
-        rows = np.empty(n, dtype=np.float64)
-        kernel.neg_xlogx_rows(p_n_L, rows, n, length)
-        return rows
     t = as_tensor(p_n_L)
     buf = torch.log(t)
     buf.mul_(t)
@@ -161,22 +114,12 @@ def neg_xlogx_rowsum(p_n_L: np.ndarray) -> np.ndarray:
     bad = torch.isnan(s)
     if bool(bad.any()):
         sub = t[bad]
-        fixed = sub.clamp_min(torch.finfo(sub.dtype).tiny).log_().mul_(sub).sum(dim=1)
+        # Only zeros are lifted: a negative value keeps its NaN log.
+        lifted = torch.where(sub == 0, torch.finfo(sub.dtype).tiny, sub)
+        fixed = lifted.log_().mul_(sub).sum(dim=1)
         s[bad] = fixed
     out: np.ndarray = s.numpy().astype(np.float64)
     np.negative(out, out=out)
-    return out
-
-
-def bald_rows(chunk_n_K_C: np.ndarray) -> np.ndarray | None:
-    """BALD of each row of a float32 chunk by the compiled kernel (unclipped; NaN where a
-    value is negative or NaN), or None when the kernel does not apply."""
-    kernel = _compiled_for(chunk_n_K_C)
-    if kernel is None:
-        return None
-    n, k, c = chunk_n_K_C.shape
-    out = np.empty(n, dtype=np.float64)
-    kernel.bald(chunk_n_K_C, out, n, k, c)
     return out
 
 

@@ -13,7 +13,6 @@ import torch
 
 from strategies._kernels import (
     as_tensor,
-    bald_rows,
     check_probs_shape,
     chunks,
     finish,
@@ -44,10 +43,6 @@ def bald(probs_N_K_C: np.ndarray, *, chunk_rows: int | None = None) -> np.ndarra
     n_all, k, c = probs_N_K_C.shape
     out = np.empty(n_all, dtype=np.float64)
     for sl, chunk in chunks(probs_N_K_C, chunk_rows):
-        fused = bald_rows(chunk)
-        if fused is not None:
-            out[sl] = fused
-            continue
         n = chunk.shape[0]
         expected = neg_xlogx_rowsum(chunk.reshape(n, k * c))
         expected /= k

@@ -26,7 +26,8 @@ from connector.contracts.ports import (
     TaskToPush,
 )
 from connector.devtools.datasets import DIGIT_CLASSES
-from connector.rounds.engine import Ports, RoundEngine
+from connector.rounds.context import Ports
+from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
 from connector.state import StateDB
 from connector.storage.cache import LabeledCache
@@ -154,6 +155,7 @@ class PixelLearner:
 
     def __init__(self) -> None:
         self.fits = 0
+        self.mc_samples_seen: list[int] = []
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> Any:
         return None
@@ -192,8 +194,11 @@ class PixelLearner:
         items: Iterable[tuple[str, bytes | Exception]],
         *,
         with_embeddings: bool,
+        mc_samples: int = 1,
+        seed: int = 0,
         progress: Progress | None = None,
     ) -> Scored:
+        self.mc_samples_seen.append(mc_samples)
         ids, rows, failures = [], [], []
         for key, data in items:
             if isinstance(data, Exception):
@@ -235,6 +240,8 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
         "strategy": {"name": "random", "batch_size": 20},
         "validation": {"size": 30},
         "labels": {"classes": list(DIGIT_CLASSES)},
+        # A failed phase is retried on the next step (the backoff has its own test).
+        "rounds": {"retry_backoff_seconds": 0},
     }
     for section, values in over.items():
         data.setdefault(section, {}).update(values)

@@ -68,7 +68,6 @@ def test_check_run_once_and_status(
     checked = runner.invoke(main, ["check", "--config", str(config)], env=env)
     assert checked.exit_code == 0, checked.output
     assert "ok   object storage" in checked.output and "ok   label studio" in checked.output
-    assert "ok   acquisition kernels: compiled" in checked.output
     ran = runner.invoke(main, ["run", "--once", "--config", str(config)], env=env)
     assert ran.exit_code == 0, ran.output
     status = json.loads(ran.output[ran.output.index("{") :])
@@ -99,17 +98,3 @@ def test_bad_settings_exit_2_with_the_fix(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check", "--config", str(config)])
     assert result.exit_code == 2
     assert "ALC_STRATEGY__BATCH_SIZE" in result.output
-
-
-def test_check_warns_when_the_compiled_kernels_are_missing() -> None:
-    import strategies
-    from connector.cli.main import _describe_kernels
-
-    assert _describe_kernels().startswith("ok   acquisition kernels: compiled")
-    strategies.use_compiled_kernels(False)  # what an install without a C compiler runs
-    try:
-        line = _describe_kernels()
-    finally:
-        strategies.use_compiled_kernels(True)
-    assert line.startswith("warn acquisition kernels: torch fallback")
-    assert "install a C compiler" in line

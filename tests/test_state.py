@@ -53,7 +53,7 @@ def test_label_states_apply_once(tmp_path: Path) -> None:
 
 def test_freeze_selection_is_atomic_with_phase(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "s.db")
-    rnd = db.start_round(trigger="t", strategy="random", params={}, batch_size=2)
+    rnd = db.start_round(trigger="t", plan={"strategy": "random", "params": {}, "batch_size": 2})
     sel = [
         SelectedItem(0, "a", "train", 0.9, "cat", 0.6),
         SelectedItem(1, "b", "train", 0.5, None, None),
@@ -69,10 +69,12 @@ def test_freeze_selection_is_atomic_with_phase(tmp_path: Path) -> None:
 
 def test_next_round_closes_the_waiting_one(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "s.db")
-    r0 = db.start_round(trigger="t", strategy="random", params={}, batch_size=2)
+    r0 = db.start_round(trigger="t", plan={"strategy": "random", "params": {}, "batch_size": 2})
     db.set_phase(r0.round, Phase.WAIT, metrics={"x": 1})
     db.set_phase(r0.round, Phase.WAIT, metrics={"y": 2})
-    r1 = db.start_round(trigger="t", strategy="entropy", params={"a": 1}, batch_size=3)
+    r1 = db.start_round(
+        trigger="t", plan={"strategy": "entropy", "params": {"a": 1}, "batch_size": 3}
+    )
     old = db.get_round(0)
     assert old is not None and old.phase is Phase.DONE and old.metrics == {"x": 1, "y": 2}
     assert r1.round == 1 and r1.params == {"a": 1}

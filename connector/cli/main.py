@@ -110,32 +110,27 @@ def check(config_path: Path | None) -> None:
         return result
 
     click.echo("ok   settings: valid")
+    plan = report("round plan", lambda: _describe_plan(settings))
+    if plan is None:
+        sys.exit(2)
     store = report("object storage", lambda: _describe_store(open_store(settings)))
     labeling = report("label studio", lambda: open_labeling(settings)[1])
     if labeling is not None:
         click.echo(f"     classes: {', '.join(classes_for(settings, labeling))}")
     report("state dir", lambda: _check_state_dir(settings))
-    click.echo(_describe_kernels())
     if store is None or labeling is None or problems:
         sys.exit(1)
+
+
+def _describe_plan(settings: Settings) -> str:
+    from connector.rounds.plan import resolve_plan
+
+    return resolve_plan(settings).describe()
 
 
 def _describe_store(store: Any) -> str:
     info = store.check()
     return f"{store.describe()} {info}"
-
-
-def _describe_kernels() -> str:
-    """Which -sum p log p kernels score the pool: a missing build is slow, not broken."""
-    import strategies
-
-    variant = strategies.compiled_kernels()
-    if variant is not None:
-        return f"ok   acquisition kernels: compiled ({variant})"
-    return (
-        "warn acquisition kernels: torch fallback, BALD about 3x slower; strategies._xlogx "
-        "was not built: install a C compiler (gcc) and reinstall al-connector"
-    )
 
 
 def _check_state_dir(settings: Settings) -> str:
@@ -210,8 +205,8 @@ def settings_doc(output: Path | None) -> None:
 
 
 def _register_optional() -> None:
+    from connector.cli.demo import demo_cmd
     from connector.cli.simulate import simulate_cmd
-    from connector.devtools.demo import demo_cmd
 
     main.add_command(simulate_cmd, "simulate")
     main.add_command(demo_cmd, "demo")

@@ -1,6 +1,6 @@
 """The learner the round logic sees: fit, evaluate, score, save, load.
 
-``cycle`` depends on the ``Learner`` protocol only, so unit tests can drive rounds with a
+The round engine depends on the ``Learner`` protocol only, so unit tests can drive rounds with a
 fast learner; ``TorchLearner`` is the real one over ``training`` and ``scoring``.
 """
 
@@ -56,9 +56,13 @@ class Learner(Protocol):
         items: Iterable[tuple[str, bytes | Exception]],
         *,
         with_embeddings: bool,
+        mc_samples: int = 1,
+        seed: int = 0,
         progress: Progress | None = None,
     ) -> Scored:
-        """Probabilities (and embeddings) of pool items; bad items become failures."""
+        """Probabilities ``[N, K, C]`` (K = ``mc_samples`` dropout passes, times ensemble
+        members) and embeddings of pool items; bad items become failures. ``seed`` fixes
+        the dropout masks."""
         ...
 
     def embed_labeled(self, model: Any, images: Sequence[ImageRef]) -> np.ndarray:

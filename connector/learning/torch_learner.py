@@ -21,7 +21,6 @@ from connector.settings import Settings
 class TorchLearner:
     spec: ModelSpec
     train_config: TrainConfig
-    mc_samples: int = 1
     batch_size: int = 256
 
     @classmethod
@@ -43,7 +42,7 @@ class TorchLearner:
             overrides["batch_size"] = m.batch_size
         if m.learning_rate is not None:
             overrides["lr"] = m.learning_rate
-        return cls(spec, TrainConfig(**overrides), m.mc_samples or 1, settings.strategy.score_batch_size)
+        return cls(spec, TrainConfig(**overrides), settings.strategy.score_batch_size)
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> TrainedModel:
         return TrainedModel.untrained(self.spec, list(classes), seed=seed)
@@ -73,12 +72,15 @@ class TorchLearner:
         items: Iterable[tuple[str, bytes | Exception]],
         *,
         with_embeddings: bool,
+        mc_samples: int = 1,
+        seed: int = 0,
         progress: Progress | None = None,
     ) -> Scored:
         result = score_pool(
             model,
             items,
-            mc_samples=self.mc_samples,
+            mc_samples=mc_samples,
+            seed=seed,
             batch_size=self.batch_size,
             with_embeddings=with_embeddings,
             progress=progress,

@@ -22,24 +22,24 @@ log = logging.getLogger(__name__)
 
 
 def detect(state: StateDB, settings: AlertSettings) -> int:
-    """Record alerts for stalled tasks and rounds; returns how many are new."""
+    """Record alerts for stalled tasks and rounds; returns how many are new.
+
+    (A phase that keeps failing is alerted by the round engine when the round goes to
+    FAILED, with the error and the fix.)
+    """
     now = utcnow()
     new = 0
     task_cutoff = (now - timedelta(hours=settings.task_stall_hours)).isoformat()
-    rows = state.query(
-        "SELECT round, COUNT(*) AS n, MIN(queued_at) AS oldest FROM items "
-        "WHERE status = 'queued' AND queued_at < ? GROUP BY round",
-        (task_cutoff,),
-    )
-    for row in rows:
-        key = f"task-stall:r{row['round']}:{row['n']}"
+    rows = state.stalled_tasks_by_round(task_cutoff)
+    for number, n_open, oldest in rows:
+        key = f"task-stall:r{number}:{n_open}"
         new += state.add_alert(
             "task_stalled",
             key,
-            f"round {row['round']}: {row['n']} task(s) open for more than "
-            f"{settings.task_stall_hours:g} h (oldest queued {row['oldest']}); check that "
+            f"round {number}: {n_open} task(s) open for more than "
+            f"{settings.task_stall_hours:g} h (oldest queued {oldest}); check that "
             "annotators have the project, or re-queue/exclude the items",
-            round_number=row["round"],
+            round_number=number,
         )
     current = state.current_round()
     if current is not None:
@@ -51,15 +51,6 @@ def detect(state: StateDB, settings: AlertSettings) -> int:
                 f"round {current.round} ({current.model_version}) has waited {age_h:.0f} h for "
                 "labels; lower rounds.min_labeled_fraction or start the next round with "
                 "`al-connector round start-now`",
-                round_number=current.round,
-            )
-        if current.error and current.phase not in (Phase.WAIT, Phase.DONE):
-            new += state.add_alert(
-                "round_failing",
-                f"round-error:r{current.round}:{current.phase.value}:{current.error[:80]}",
-                f"round {current.round} phase {current.phase.value} failed: {current.error}; "
-                "it is retried on the next step",
-                severity="error",
                 round_number=current.round,
             )
     return new

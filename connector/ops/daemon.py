@@ -91,6 +91,7 @@ class Daemon:
 
     def run_once(self) -> dict[str, Any]:
         """One pass of every job, in order, for tests and cron users (``run --once``)."""
+        self.engine.recover()
         self.list_pool()
         self.poll()
         self.round_step()
@@ -101,7 +102,8 @@ class Daemon:
     def run(self) -> None:
         """Run until a signal; returns after a graceful stop."""
         self._install_signals()
-        self.engine.should_stop = self.stop_event.is_set
+        self.engine.should_stop = lambda rnd: self.stop_event.is_set()
+        self.engine.recover()
         server = self._start_server()
         polling = self.settings.polling
         scheduler = BackgroundScheduler(

@@ -138,7 +138,7 @@ def write_round_report(round_dir: Path, rnd: Round, done: int, total: int) -> No
             f"- pool mean confidence: {sel['pool_mean_confidence']:.3f} (rising and "
             "flattening: more labels buy little)"
         )
-    (round_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(round_dir / "report.md", "\n".join(lines) + "\n")
 
 
 def _plot_scores(path: Path, scores: np.ndarray, chosen: list[float], rnd: Round) -> None:

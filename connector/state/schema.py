@@ -151,6 +151,13 @@ MIGRATIONS: list[str] = [
         result TEXT
     );
     """,
+    # 2: the round core: the resolved plan, and the failure policy's bookkeeping
+    """
+    ALTER TABLE rounds ADD COLUMN plan TEXT;
+    ALTER TABLE rounds ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rounds ADD COLUMN retry_at TEXT;
+    ALTER TABLE rounds ADD COLUMN failed_phase TEXT;
+    """,
 ]
 
 
@@ -168,6 +175,14 @@ class Round:
     finished_at: datetime | None
     metrics: dict[str, Any]
     error: str | None
+    #: The resolved round plan (``rounds.plan.RoundPlan.to_json``), re-resolved until the
+    #: selection is frozen; None before the first resolution.
+    plan: dict[str, Any] | None = None
+    #: Failed attempts of the current phase, and when the next one may start.
+    attempts: int = 0
+    retry_at: datetime | None = None
+    #: The phase a FAILED round failed in (where it resumes).
+    failed_phase: Phase | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +222,10 @@ def row_to_round(row: sqlite3.Row) -> Round:
         finished_at=parse_iso(row["finished_at"]),
         metrics=json.loads(row["metrics"]),
         error=row["error"],
+        plan=json.loads(row["plan"]) if row["plan"] else None,
+        attempts=row["attempts"],
+        retry_at=parse_iso(row["retry_at"]),
+        failed_phase=Phase(row["failed_phase"]) if row["failed_phase"] else None,
     )
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from strategies import PoolOutputs, use_compiled_kernels
+from strategies import PoolOutputs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -52,15 +52,3 @@ def pool_factory() -> Callable[..., PoolOutputs]:
 @pytest.fixture
 def pool() -> PoolOutputs:
     return make_pool()
-
-
-@pytest.fixture(autouse=True, params=["compiled", "torch"])
-def kernels(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every strategy test runs twice: with the compiled ``-sum p log p`` kernels
-    (strategies._xlogx, float32 input) and with the torch fallback that an install
-    without a C compiler uses. test_kernels.py checks that the extension is built."""
-    use_compiled_kernels(request.param == "compiled")
-    try:
-        yield request.param
-    finally:
-        use_compiled_kernels(True)

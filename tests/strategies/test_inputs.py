@@ -133,10 +133,6 @@ def test_selection_ids_follow_the_indices() -> None:
 def test_torch_threads_are_scoped_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from strategies import use_compiled_kernels
-
-    use_compiled_kernels(False)  # the spy below watches torch.log (the fixture restores it)
-
     from strategies import bald, set_torch_threads
 
     seen: list[int] = []

@@ -1,0 +1,185 @@
+"""What the phases of a round work with: the ports, the learner, the classes, and the few
+settings values they need, read once from ``Settings`` into ``EngineConfig``.
+
+Also the round's helpers that several phases share: its folder, its random generators,
+the plan as re-resolved now, labeled items as cached files, readability checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connector.contracts.learner import Learner
+from connector.contracts.ports import LabelingBackend, ObjectStore
+from connector.rounds.plan import Overrides, RoundPlan, resolve_plan
+from connector.rounds.selection import readable_prefix
+from connector.settings import Settings
+from connector.state import Round, StateDB
+from connector.storage.cache import LabeledCache
+
+log = logging.getLogger(__name__)
+
+#: Meta keys of the state db that steer rounds (written by admin commands and drivers).
+LS_WATERMARK = "ls_watermark"
+POOL_WATERMARK = "pool_watermark"
+POOL_LISTINGS = "pool_listings"
+START_NOW = "start_now"
+PAUSED = "paused"
+OVERRIDE_STRATEGY = "override_strategy"
+OVERRIDE_BATCH = "override_batch_size"
+
+
+@dataclass
+class Ports:
+    state: StateDB
+    store: ObjectStore
+    labeling: LabelingBackend
+    cache: LabeledCache
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The settings the round engine reads, in one place."""
+
+    seed: int
+    validation_size: int
+    overlap_seconds: float
+    full_rescan_every: int
+    read_concurrency: int
+    import_chunk_size: int
+    min_labeled_fraction: float
+    interval_minutes: float | None
+    max_rounds: int | None
+    min_new_labels: int
+    max_phase_attempts: int
+    retry_backoff_seconds: float
+    rounds_dir: Path
+    #: The model settings, as written into checkpoints and hashed into model versions.
+    model_identity: dict[str, Any] = field(default_factory=dict)
+    label_map: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        r = settings.rounds
+        return cls(
+            seed=settings.model.seed,
+            validation_size=settings.validation.size,
+            overlap_seconds=settings.polling.overlap_seconds,
+            full_rescan_every=settings.storage.full_rescan_every,
+            read_concurrency=settings.storage.read_concurrency,
+            import_chunk_size=settings.label_studio.import_chunk_size,
+            min_labeled_fraction=r.min_labeled_fraction,
+            interval_minutes=r.interval_minutes,
+            max_rounds=r.max_rounds,
+            min_new_labels=r.min_new_labels,
+            max_phase_attempts=r.max_phase_attempts,
+            retry_backoff_seconds=r.retry_backoff_seconds,
+            rounds_dir=settings.rounds_dir(),
+            model_identity=settings.model.model_dump(mode="json"),
+            label_map=dict(settings.labels.map),
+        )
+
+
+@dataclass
+class ScoredPool:
+    """What SCORE hands to SELECT: the candidates in order (pinned first) and, when a model
+    read them, its outputs. Kept in memory: a restart at SELECT scores again."""
+
+    ids: list[str]
+    n_pinned: int
+    outputs: Any = None  # strategies.PoolOutputs with ids, or None (random cold start)
+    trained: bool = False
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class RoundContext:
+    def __init__(
+        self,
+        settings: Settings,
+        ports: Ports,
+        learner: Learner,
+        classes: Sequence[str],
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cfg = EngineConfig.from_settings(settings)
+        self.ports = ports
+        self.state = ports.state
+        self.learner = learner
+        self.classes = list(classes)
+        self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.progress = progress
+        self.scored: dict[int, ScoredPool] = {}
+
+    # ----------------------------------------------------------------- the plan
+    def overrides(self) -> Overrides:
+        raw = self.state.get_meta(OVERRIDE_STRATEGY)
+        spec = json.loads(raw) if raw else {}
+        batch = self.state.get_meta(OVERRIDE_BATCH)
+        return Overrides(
+            strategy=spec.get("name"),
+            params=spec.get("params") if spec else None,
+            batch_size=int(batch) if batch else None,
+        )
+
+    def resolve(self, rnd: Round | None = None) -> RoundPlan:
+        """The plan as settings and overrides say now; recorded on ``rnd`` if it changed."""
+        plan = resolve_plan(self.settings, self.overrides())
+        if rnd is not None and rnd.plan != plan.to_json():
+            if rnd.plan is not None:
+                log.info("round %d: plan is now %s", rnd.round, plan.describe())
+            self.state.set_plan(rnd.round, plan.to_json())
+        return plan
+
+    # ------------------------------------------------------------------ helpers
+    def rng(self, rnd: Round, purpose: str) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, rnd.round, zlib.crc32(purpose.encode())])
+
+    def round_dir(self, number: int) -> Path:
+        path = self.cfg.rounds_dir / f"{number:04d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def model_version(self, rnd: Round) -> str:
+        """Names the round and the config, e.g. ``al-r0003-entropy-1a2b3c4d``."""
+        config = json.dumps(
+            {"model": self.cfg.model_identity, "strategy": rnd.strategy, "params": rnd.params},
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(config.encode()).hexdigest()[:8]
+        return f"al-r{rnd.round:04d}-{rnd.strategy}-{digest}"
+
+    def readable(self, ordered: list[str], n: int) -> list[str]:
+        """The first ``n`` readable items of ``ordered``; unreadable ones are quarantined."""
+        good, bad = readable_prefix(self.ports.store, ordered, n, self.cfg.read_concurrency)
+        if bad:
+            self.state.mark_corrupt(bad)
+            log.warning("%d unreadable pool items quarantined, e.g. %s: %s", len(bad), *bad[0])
+        return good
+
+    def labeled(self, split: str) -> list[tuple[Path, int]]:
+        """Labeled items of a split as cached files with class indices."""
+        rows = self.state.labeled_items(split)
+        known = [(i, e, lab) for i, e, lab in rows if lab in self.class_index]
+        paths = self.ports.cache.ensure_many(
+            self.ports.store,
+            [(i, e) for i, e, _ in known],
+            max_workers=self.cfg.read_concurrency,
+        )
+        out = []
+        for item, _etag, lab in known:
+            path = paths[item]
+            if isinstance(path, Path):
+                out.append((path, self.class_index[lab]))
+            else:
+                log.warning("labeled item %s cannot be read (%s); left out of training", item, path)
+        return out

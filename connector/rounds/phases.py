@@ -1,0 +1,251 @@
+"""The phases of a round: INGEST, TRAIN, SCORE, SELECT, PUSH. WAIT is the engine's.
+
+Each function reads the state db and the ports through a ``RoundContext``, does its
+work, and commits the next phase before returning, so a crash anywhere resumes from the
+last committed phase. SELECT freezes the selection (with its scores) and moves to PUSH
+in one transaction; pushes are idempotent and committed chunk by chunk.
+
+Round 0 is the cold start: a random validation split (labeled first, never chosen by a
+strategy) and a first batch. Any round without a trained model selects with the plan's
+cold-start strategy (``rounds.plan``); an untrained model's guesses are never pushed as
+prelabels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from connector.contracts.ports import TaskToPush
+from connector.rounds import report
+from connector.rounds.context import RoundContext, ScoredPool
+from connector.rounds.selection import Pick, picks, sample_candidates
+from connector.state import Phase, Round, SelectedItem
+from strategies import PoolOutputs, Selection
+
+log = logging.getLogger(__name__)
+
+
+def ingest(ctx: RoundContext, rnd: Round, poll: Callable[[], object]) -> None:
+    """List the pool and poll labels (``poll`` is the engine's), then snapshot the labels
+    this round trains and evaluates on."""
+    poll()
+    n = ctx.state.snapshot_labels(rnd.round)
+    metrics = {"labels": n, "items": ctx.state.count_items()}
+    has_train = bool(ctx.state.labeled_items("train"))
+    nxt = Phase.TRAIN if rnd.round > 0 and has_train else Phase.SCORE
+    ctx.state.set_phase(rnd.round, nxt, metrics=metrics)
+
+
+def train(ctx: RoundContext, rnd: Round) -> None:
+    train_set = ctx.labeled("train")
+    val = ctx.labeled("validation")
+    if len({lab for _, lab in train_set}) < 2:
+        log.warning("round %d: fewer than 2 classes labeled; no model yet", rnd.round)
+        ctx.state.set_phase(rnd.round, Phase.SCORE, metrics={"trained": False})
+        return
+    t0 = time.perf_counter()
+    model = ctx.learner.fit(
+        [p for p, _ in train_set],
+        [y for _, y in train_set],
+        ctx.classes,
+        seed=ctx.cfg.seed + rnd.round,
+        progress=ctx.progress,
+    )
+    train_s = time.perf_counter() - t0
+    evaluation = (
+        ctx.learner.evaluate(model, [p for p, _ in val], [y for _, y in val])
+        if val
+        else {"n": 0, "accuracy": None}
+    )
+    version = ctx.model_version(rnd)
+    ctx.learner.save(
+        model,
+        ctx.round_dir(rnd.round) / "model.pt",
+        {
+            "round": rnd.round,
+            "model_version": version,
+            "classes": ctx.classes,
+            "settings": ctx.cfg.model_identity,
+            "label_map": ctx.cfg.label_map,
+        },
+    )
+    log.info(
+        "round %d (%s): trained on %d labels; validation accuracy %s on %d",
+        rnd.round,
+        version,
+        len(train_set),
+        evaluation.get("accuracy"),
+        evaluation["n"],
+    )
+    metrics = {
+        "trained": True,
+        "n_train": len(train_set),
+        "train_seconds": round(train_s, 2),
+        "validation": evaluation,
+    }
+    ctx.state.set_phase(rnd.round, Phase.SCORE, metrics=metrics, model_version=version)
+
+
+def score(ctx: RoundContext, rnd: Round) -> None:
+    """Read the candidates with the round's model (or, without one, the cold start's)."""
+    plan = ctx.resolve(rnd)
+    candidates = sample_candidates(
+        ctx.state.iter_candidate_ids(), plan.max_candidates, ctx.rng(rnd, "candidates")
+    )
+    pinned = [c for c in ctx.state.pinned_candidates() if c]
+    pinned_set = set(pinned)
+    ids = pinned + [c for c in candidates if c not in pinned_set]
+    pool = ScoredPool(ids, len(pinned))
+    pool.diagnostics = {"candidates": len(ids) - len(pinned), "pinned": len(pinned)}
+    trained = bool(rnd.metrics.get("trained"))
+    strategy = plan.build() if trained else plan.build_cold_start()
+    model = None
+    if trained:
+        model = ctx.learner.load(ctx.round_dir(rnd.round) / "model.pt")
+    elif strategy.needs_embeddings:
+        # Embeddings of the initial model: pretrained when the user gave weights.
+        model = ctx.learner.init_model(ctx.classes, seed=ctx.cfg.seed)
+    if model is not None:
+        t0 = time.perf_counter()
+        scored = ctx.learner.score(
+            model,
+            ctx.ports.store.read_many(ids, max_workers=ctx.cfg.read_concurrency),
+            with_embeddings=strategy.needs_embeddings,
+            mc_samples=plan.mc_samples if trained else 1,
+            seed=ctx.cfg.seed * 100_003 + rnd.round,
+            progress=ctx.progress,
+        )
+        pool.diagnostics["score_seconds"] = round(time.perf_counter() - t0, 2)
+        if scored.failures:
+            n_bad = ctx.state.mark_corrupt(scored.failures)
+            pool.diagnostics["unreadable"] = [{"item": i, "reason": r} for i, r in scored.failures]
+            log.warning("round %d: %d unreadable pool items quarantined", rnd.round, n_bad)
+        out = scored.outputs
+        if strategy.needs_embeddings and trained:
+            labeled = ctx.labeled("train")
+            emb = ctx.learner.embed_labeled(model, [p for p, _ in labeled])
+            out = PoolOutputs(out.probs_N_K_C, out.emb_N_D, emb, out.ids)
+        pool.outputs, pool.trained = out, trained
+    ctx.scored[rnd.round] = pool
+    ctx.state.set_phase(rnd.round, Phase.SELECT)
+
+
+def select(ctx: RoundContext, rnd: Round) -> None:
+    """Validation split (round 0), pinned items, then the strategy's picks; frozen."""
+    pool = ctx.scored.get(rnd.round)
+    if pool is None:
+        log.info("round %d: the scores did not survive a restart; scoring again", rnd.round)
+        ctx.state.set_phase(rnd.round, Phase.SCORE)
+        return
+    plan = ctx.resolve(rnd)
+    rng = ctx.rng(rnd, "select")
+    pinned, rest = pool.ids[: pool.n_pinned], pool.ids[pool.n_pinned :]
+    selected: list[SelectedItem] = []
+    if rnd.round == 0 and ctx.cfg.validation_size:
+        n_val = min(ctx.cfg.validation_size, len(rest))
+        val_ids = ctx.readable([rest[i] for i in rng.permutation(len(rest))], n_val)
+        selected += [
+            SelectedItem(i, item, "validation", None, None, None) for i, item in enumerate(val_ids)
+        ]
+        taken = set(val_ids)
+        rest = [c for c in rest if c not in taken]
+    k = max(0, plan.batch_size - len(pinned))
+    diagnostics = dict(pool.diagnostics)
+    if pool.outputs is None:
+        # Random cold start: no model reads the pool, so readability is checked here.
+        chosen: list[Pick] = [(i, None, None, None) for i in pinned]
+        shuffled = [rest[i] for i in rng.permutation(len(rest))]
+        chosen += [(i, None, None, None) for i in ctx.readable(shuffled, k)]
+        diagnostics["strategy"] = plan.cold_start
+    else:
+        chosen = _choose(ctx, rnd, pool, pinned, rest, k, rng, diagnostics)
+    base = len(selected)
+    for j, (item, item_score, pred, conf) in enumerate(chosen):
+        selected.append(SelectedItem(base + j, item, "train", item_score, pred, conf))
+    report.write_selection(ctx.round_dir(rnd.round), rnd, selected, diagnostics)
+    ctx.state.set_phase(
+        rnd.round,
+        Phase.SELECT,
+        metrics={"selection": {k2: v for k2, v in diagnostics.items() if k2 != "pool_scores"}},
+    )
+    ctx.state.freeze_selection(rnd.round, selected)
+    ctx.scored.pop(rnd.round, None)
+    log.info(
+        "round %d: selection of %d frozen (%s)", rnd.round, len(selected), diagnostics["strategy"]
+    )
+
+
+def _choose(
+    ctx: RoundContext,
+    rnd: Round,
+    pool: ScoredPool,
+    pinned: list[str],
+    rest: list[str],
+    k: int,
+    rng: np.random.Generator,
+    diagnostics: dict[str, object],
+) -> list[Pick]:
+    plan = ctx.resolve(rnd)
+    strategy = plan.build() if pool.trained else plan.build_cold_start()
+    out: PoolOutputs = pool.outputs
+    pos = {item: j for j, item in enumerate(out.ids or [])}
+    pin_rows = [pos[i] for i in pinned if i in pos]
+    rest_rows = np.asarray([pos[i] for i in rest if i in pos], dtype=np.int64)
+    sub = out.subset(rest_rows)
+    t1 = time.perf_counter()
+    sel: Selection = strategy.select(sub, k, rng)
+    diagnostics["select_seconds"] = round(time.perf_counter() - t1, 3)
+    diagnostics["strategy"] = sel.strategy
+    diagnostics.update(report.score_diagnostics(strategy, sub, sel))
+    chosen = picks(out, pin_rows, rest_rows, sel, ctx.classes)
+    if not pool.trained:
+        # An untrained model's guesses are noise: no prelabel rather than a wrong one.
+        chosen = [(item, s, None, None) for item, s, _, _ in chosen]
+    return chosen
+
+
+def push(ctx: RoundContext, rnd: Round) -> None:
+    version = rnd.model_version or ctx.model_version(rnd)
+    pending = ctx.state.unpushed(rnd.round)
+    chunk_size = ctx.cfg.import_chunk_size
+    for start in range(0, len(pending), chunk_size):
+        chunk = pending[start : start + chunk_size]
+        tasks = [
+            TaskToPush(
+                item_id=s.item_id,
+                image_url=ctx.ports.store.url_for(s.item_id),
+                round=rnd.round,
+                split="validation" if s.split == "validation" else "train",
+                priority=s.rank,
+                predicted_label=s.predicted_label,
+                confidence=s.confidence,
+                acquisition_score=s.score,
+            )
+            for s in chunk
+        ]
+        mapping = ctx.ports.labeling.push(tasks, version)
+        missing = [s.item_id for s in chunk if s.item_id not in mapping]
+        if missing:
+            raise RuntimeError(
+                f"push returned no task for {len(missing)} items, e.g. "
+                f"{missing[0]}; the next attempt reconciles and retries"
+            )
+        ctx.state.record_push(rnd.round, mapping, {s.item_id: s.split for s in chunk})
+        if ctx.progress:
+            ctx.progress("push", min(start + chunk_size, len(pending)), len(pending))
+    if rnd.model_version is not None:
+        # After the push: Label Studio accepts a model version only once a prediction
+        # carries it. From now on it shows and samples this round's predictions.
+        ctx.ports.labeling.set_model_version(version)
+    done, total = ctx.state.batch_progress(rnd.round)
+    ctx.state.set_phase(rnd.round, Phase.WAIT, metrics={"pushed": total})
+    finished = ctx.state.get_round(rnd.round)
+    assert finished is not None
+    report.write_round_report(ctx.round_dir(rnd.round), finished, done, total)
+    log.info(
+        "round %d (%s): %d tasks in Label Studio; waiting for labels", rnd.round, version, total
+    )

@@ -1,0 +1,46 @@
+"""Queries about alerts: recorded once per condition, then delivered."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from connector.state.base import Database
+from connector.state.schema import iso, utcnow
+
+
+class AlertQueries(Database):
+    def stalled_tasks_by_round(self, queued_before: str) -> list[tuple[int, int, str]]:
+        """``(round, open tasks, oldest queued_at)`` of tasks queued before the cutoff."""
+        rows = self.query(
+            "SELECT round, COUNT(*) AS n, MIN(queued_at) AS oldest FROM items "
+            "WHERE status = 'queued' AND queued_at < ? GROUP BY round",
+            (queued_before,),
+        )
+        return [(int(r["round"]), int(r["n"]), str(r["oldest"])) for r in rows]
+
+    # ------------------------------------------------------------------- alerts
+    def add_alert(
+        self,
+        kind: str,
+        dedupe_key: str,
+        message: str,
+        *,
+        severity: str = "warning",
+        item_id: str | None = None,
+        round_number: int | None = None,
+    ) -> bool:
+        """Record an alert once per ``dedupe_key``; True if it is new."""
+        with self.tx() as c:
+            cur = c.execute(
+                "INSERT INTO alerts (kind, dedupe_key, severity, message, item_id, round, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
+                (kind, dedupe_key, severity, message, item_id, round_number, iso(utcnow())),
+            )
+            return cur.rowcount > 0
+
+    def unsent_alerts(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM alerts WHERE sent_at IS NULL ORDER BY id")
+
+    def mark_alert_sent(self, alert_id: int) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE alerts SET sent_at = ? WHERE id = ?", (iso(utcnow()), alert_id))

@@ -1,0 +1,185 @@
+"""Queries about pool items: discovery, candidates, labels, quarantine.
+
+An item's lifecycle (one row in ``items``)::
+
+    discovered -> queued (round, task id) -> labeled | skipped | invalid
+    queued/labeled/... -> discovered only by an explicit re-queue (with an alert)
+    any -> excluded (admin), corrupt (unreadable object, quarantined)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from connector.contracts.ports import ObjectInfo, TaskLabelState
+from connector.state.base import Database
+from connector.state.schema import DONE_STATUSES, ITEM_STATUSES, Item, iso, row_to_item, utcnow
+
+
+class ItemQueries(Database):
+    # -------------------------------------------------------------------- items
+    def upsert_discovered(self, objects: Iterable[ObjectInfo]) -> int:
+        """Record listed objects; a new key is ``discovered``. Returns how many were new.
+
+        An object whose ETag changed keeps its lifecycle (its label refers to the key) but
+        the new ETag is stored so the cache re-fetches it.
+        """
+        now = iso(utcnow())
+        new = 0
+        with self.tx() as c:
+            for obj in objects:
+                cur = c.execute(
+                    "INSERT INTO items (item_id, etag, size, discovered_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(item_id) DO NOTHING",
+                    (obj.key, obj.etag, obj.size, now, now),
+                )
+                if cur.rowcount:
+                    new += 1
+                else:
+                    c.execute(
+                        "UPDATE items SET etag = ?, size = ?, updated_at = ? "
+                        "WHERE item_id = ? AND etag != ?",
+                        (obj.etag, obj.size, now, obj.key, obj.etag),
+                    )
+        return new
+
+    def item(self, item_id: str) -> Item | None:
+        rows = self.query("SELECT * FROM items WHERE item_id = ?", (item_id,))
+        return row_to_item(rows[0]) if rows else None
+
+    def count_items(self) -> dict[str, int]:
+        counts = dict.fromkeys(ITEM_STATUSES, 0)
+        for row in self.query("SELECT status, COUNT(*) AS n FROM items GROUP BY status"):
+            counts[row["status"]] = row["n"]
+        return counts
+
+    def iter_candidate_ids(self, batch: int = 10_000) -> Iterator[str]:
+        """Ids of items a strategy may choose: discovered, never queued, not excluded.
+
+        Streams in key order with keyset pagination, so a million items never sit in
+        memory at once.
+        """
+        last = ""
+        while True:
+            rows = self.query(
+                "SELECT item_id FROM items WHERE status = 'discovered' AND item_id > ? "
+                "ORDER BY item_id LIMIT ?",
+                (last, batch),
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield row["item_id"]
+            last = rows[-1]["item_id"]
+
+    def pinned_candidates(self) -> list[str]:
+        """Items an admin asked to include in the next batch, oldest request first."""
+        rows = self.query(
+            "SELECT item_id FROM items WHERE pinned > 0 AND status = 'discovered' ORDER BY pinned"
+        )
+        return [r["item_id"] for r in rows]
+
+    def labeled_items(self, split: str) -> list[tuple[str, str, str]]:
+        """``(item_id, etag, label)`` of labeled items of a split, in key order."""
+        rows = self.query(
+            "SELECT item_id, etag, label FROM items WHERE status = 'labeled' AND split = ? "
+            "ORDER BY item_id",
+            (split,),
+        )
+        return [(r["item_id"], r["etag"], r["label"]) for r in rows]
+
+    def etags(self, item_ids: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self.query(
+                f"SELECT item_id, etag FROM items WHERE item_id IN ({marks})", chunk
+            ):
+                out[r["item_id"]] = r["etag"]
+        return out
+
+    def mark_corrupt(self, failures: Iterable[tuple[str, str]]) -> int:
+        """Quarantine unreadable items with their reason; they are never offered again."""
+        now = iso(utcnow())
+        n = 0
+        with self.tx() as c:
+            for item_id, reason in failures:
+                n += c.execute(
+                    "UPDATE items SET status = 'corrupt', reason = ?, updated_at = ? "
+                    "WHERE item_id = ? AND status = 'discovered'",
+                    (reason, now, item_id),
+                ).rowcount
+        return n
+
+    def apply_label_states(self, states: Iterable[TaskLabelState]) -> dict[str, int]:
+        """Apply polled task states; idempotent, so an overlap window costs nothing.
+
+        Returns counts of what changed, by new status. A state equal to what is stored
+        changes nothing and writes no history.
+        """
+        changed: dict[str, int] = {}
+        now = iso(utcnow())
+        with self.tx() as c:
+            for st in states:
+                row = c.execute(
+                    "SELECT status, label, annotation_id, task_id FROM items WHERE item_id = ?",
+                    (st.item_id,),
+                ).fetchone()
+                if row is None:
+                    # A task for an item this db never saw (e.g. a db restored from backup):
+                    # record it so it is never pushed again.
+                    c.execute(
+                        "INSERT INTO items (item_id, discovered_at, updated_at, status, task_id)"
+                        " VALUES (?, ?, ?, 'queued', ?)",
+                        (st.item_id, now, now, st.task_id),
+                    )
+                    row = {
+                        "status": "queued",
+                        "label": None,
+                        "annotation_id": None,
+                        "task_id": st.task_id,
+                    }
+                if row["status"] in ("excluded", "corrupt") and st.status == "unlabeled":
+                    continue
+                new_status = "queued" if st.status == "unlabeled" else st.status
+                same = (
+                    row["status"] == new_status
+                    and row["label"] == st.label
+                    and row["annotation_id"] == st.annotation_id
+                    and row["task_id"] == st.task_id
+                )
+                if same:
+                    continue
+                done_at = now if new_status in DONE_STATUSES else None
+                c.execute(
+                    "UPDATE items SET status = ?, label = ?, annotation_id = ?, annotator = ?, "
+                    "reason = ?, task_id = ?, done_at = ?, updated_at = ? WHERE item_id = ?",
+                    (
+                        new_status,
+                        st.label,
+                        st.annotation_id,
+                        st.annotator,
+                        st.reason,
+                        st.task_id,
+                        done_at,
+                        now,
+                        st.item_id,
+                    ),
+                )
+                c.execute(
+                    "INSERT INTO label_events (item_id, task_id, status, label, annotation_id,"
+                    " annotator, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        st.item_id,
+                        st.task_id,
+                        st.status,
+                        st.label,
+                        st.annotation_id,
+                        st.annotator,
+                        st.reason,
+                        now,
+                    ),
+                )
+                changed[st.status] = changed.get(st.status, 0) + 1
+        return changed
