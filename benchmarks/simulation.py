@@ -29,7 +29,7 @@ from typing import Any
 from connector.cli.simulate import plot_curves, summary_table
 from connector.devtools.datasets import write_digits
 from connector.learning.model import ModelSpec
-from connector.simulation.run import SimulationConfig, load_dataset, run_simulation
+from connector.simulation import SimulationConfig, load_dataset, run_simulation
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "simulation.json"

@@ -15,7 +15,7 @@ from connector.contracts.errors import ConfigError
 from connector.devtools.datasets import write_digits
 from connector.learning.model import ModelSpec
 from connector.learning.training import TrainConfig
-from connector.simulation.run import (
+from connector.simulation import (
     SCHEMA,
     SimulationConfig,
     aubc,
@@ -61,7 +61,9 @@ def test_load_imagefolder_and_csv(small_folder: Path, tmp_path: Path) -> None:
 def test_bad_datasets_and_settings_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ImageFolder"):
         load_dataset(tmp_path)
-    with pytest.raises(ValueError, match="known strategies"):
+    with pytest.raises(
+        ConfigError, match=r"unknown strategy 'no_such_strategy'\. Set --strategies"
+    ):
         SimulationConfig(strategies=("no_such_strategy",))
     with pytest.raises(ConfigError, match="budget >= initial"):
         SimulationConfig(initial=50, budget=20)
@@ -88,11 +90,13 @@ def test_simulation_result_schema_and_test_split_isolation(small_folder: Path) -
         assert len(run["accuracy"]) == 3 and len(run["select_seconds"]) == 2
         assert 0.0 <= run["aubc"] <= 1.0
         assert len(set(run["selected"])) == 20
-    # the stratified test split is never selected: rebuild it and compare
-    from connector.simulation.run import _split
-
-    _, test = _split(ds.labels, TINY, 0)
-    assert all(not set(r["selected"]) & set(test.tolist()) for r in res["runs"])
+    # One engine, paired runs: every strategy of a seed shares the validation split (the
+    # test set) and the initial model, and never selects a validation item.
+    splits = {tuple(r["validation"]) for r in res["runs"]}
+    assert len(splits) == 1 and len(splits.pop()) == seed["n_test"] == 30
+    assert len({r["accuracy"][0] for r in res["runs"]}) == 1
+    val = set(res["runs"][0]["validation"])
+    assert all(not set(r["selected"]) & val for r in res["runs"])
     assert {row["strategy"] for row in res["summary"]} == set(TINY.strategies)
     json.dumps(res)  # JSON-ready
 
@@ -126,7 +130,7 @@ def test_cli_writes_json_plot_and_table(small_folder: Path, tmp_path: Path) -> N
 def test_cli_rejects_unknown_strategy(small_folder: Path) -> None:
     result = CliRunner().invoke(simulate_cmd, [str(small_folder), "--strategies", "nope"])
     assert result.exit_code == 2
-    assert "known strategies" in result.output
+    assert "unknown strategy 'nope'" in result.output
 
 
 @pytest.mark.slow

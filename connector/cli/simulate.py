@@ -20,7 +20,7 @@ from connector.contracts.errors import ConfigError
 from connector.files import atomic_write, atomic_write_text
 from connector.learning.model import ModelSpec, available_archs
 from connector.learning.training import TrainConfig
-from connector.simulation.run import SimulationConfig, count_work, load_dataset, run_simulation
+from connector.simulation import SimulationConfig, count_work, load_dataset, run_simulation
 
 
 def _csv_list(text: str) -> tuple[str, ...]:

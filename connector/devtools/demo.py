@@ -6,8 +6,9 @@ creates a project whose tasks resolve ``s3://`` URLs through a source-storage
 connection, and runs the real daemon while a simulated annotator labels the pushed
 tasks through the Label Studio API from ground truth (with some skips and a delay).
 Round by round it prints the labels so far and the validation accuracy, next to a
-random-sampling baseline trained on as many random labels and scored on the same
-validation split.
+random-sampling baseline: the same round engine with the ``random`` strategy, labeled by
+an oracle from ground truth over a local copy of the pool (so it draws the same
+validation split and cold-start batch), one round per demo round.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import numpy as np
 
 from connector.app import build_app
 from connector.contracts.errors import ConnectorError
-from connector.contracts.learner import Learner
 from connector.devtools.datasets import DIGIT_CLASSES, write_digits
 from connector.ops.daemon import Daemon
 from connector.rounds import report
+from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
 from connector.state import Phase
 
@@ -84,56 +85,7 @@ class SimulatedAnnotator(threading.Thread):
                 self.stop_event.wait(self.delay_s)
 
 
-def random_baseline(
-    learner: Learner,
-    pool_dir: Path,
-    truth: dict[str, str],
-    val_ids: list[str],
-    n_train: int,
-    exclude: set[str],
-    seed: int,
-) -> float:
-    """Accuracy on the validation split of a model trained on ``n_train`` random labels."""
-    classes = list(DIGIT_CLASSES)
-    rng = np.random.default_rng(seed)
-    candidates = sorted(k for k in truth if k not in exclude)
-    picks = [candidates[i] for i in rng.choice(len(candidates), size=n_train, replace=False)]
-    model = learner.fit(
-        [pool_dir / k for k in picks], [classes.index(truth[k]) for k in picks], classes, seed=seed
-    )
-    result = learner.evaluate(
-        model, [pool_dir / k for k in val_ids], [classes.index(truth[k]) for k in val_ids]
-    )
-    return float(result["accuracy"])
-
-
-@click.command()
-@click.option("--rounds", default=4, show_default=True, help="Rounds after the cold start.")
-@click.option("--batch-size", default=20, show_default=True)
-@click.option("--validation-size", default=100, show_default=True)
-@click.option("--strategy", default="margin", show_default=True)
-@click.option("--images", default=600, show_default=True, help="Digits in the pool.")
-@click.option("--skip-rate", default=0.05, show_default=True, help="Tasks the annotator skips.")
-@click.option("--delay", default=0.05, show_default=True, help="Seconds per annotation.")
-@click.option(
-    "--workdir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Where the pool, state and reports go (default: a temp folder).",
-)
-@click.option(
-    "--label-studio-bin",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="The label-studio executable (make demo passes .venv-ls/bin/label-studio).",
-)
-@click.option(
-    "--keep-running",
-    is_flag=True,
-    help="Leave the servers up at the end and print the URL and login.",
-)
-@click.option("--verbose", is_flag=True, help="Show the daemon's log, not only the table.")
-def demo_cmd(
+def run_demo(
     rounds: int,
     batch_size: int,
     validation_size: int,
@@ -146,7 +98,8 @@ def demo_cmd(
     keep_running: bool,
     verbose: bool,
 ) -> None:
-    """Run the loop end to end on a local Label Studio and S3 server with digits."""
+    """Run the loop end to end on a local Label Studio and S3 server with digits (the
+    ``al-connector demo`` command; its options are documented there)."""
     from connector.devtools.labelstudio_server import find_label_studio, start_label_studio
     from connector.devtools.s3_server import start_s3_server
     from connector.storage.s3 import S3Store
@@ -223,8 +176,9 @@ def demo_cmd(
         annotator.start()
         stack.callback(annotator.stop_event.set)
         daemon = Daemon(settings, app.engine, on_force_stop=[ls.stop, s3.stop])
+        baseline = _random_baseline(settings, pool_dir, truth, root / "baseline")
         monitor = threading.Thread(
-            target=_monitor, args=(daemon, annotator, pool_dir, truth, rounds), daemon=True
+            target=_monitor, args=(daemon, annotator, baseline, rounds), daemon=True
         )
         monitor.start()
         daemon.run()  # returns after the monitor stops it, or on Ctrl-C
@@ -261,35 +215,47 @@ def _log_to_file(path: Path, verbose: bool) -> None:
     root_logger.addHandler(handler)
 
 
+def _random_baseline(
+    settings: Settings, pool_dir: Path, truth: dict[str, str], state_dir: Path
+) -> RoundEngine:
+    """The round engine with the random strategy over a local copy of the pool, labeled
+    by an oracle: what the same number of rounds would give without active learning."""
+    from connector.learning.torch_learner import TorchLearner
+    from connector.simulation import oracle_engine
+    from connector.storage.local import LocalStore
+
+    base = settings.model_copy(
+        update={
+            "strategy": settings.strategy.model_copy(update={"name": "random", "params": {}}),
+            "storage": settings.storage.model_copy(
+                update={"kind": "local", "local_root": pool_dir}
+            ),
+            "state": settings.state.model_copy(update={"dir": state_dir}),
+        }
+    )
+    engine, _ = oracle_engine(base, LocalStore(pool_dir), truth, TorchLearner.from_settings(base))
+    engine.list_pool(full=True)
+    return engine
+
+
 def _monitor(
-    daemon: Daemon,
-    annotator: SimulatedAnnotator,
-    pool_dir: Path,
-    truth: dict[str, str],
-    rounds: int,
+    daemon: Daemon, annotator: SimulatedAnnotator, baseline: RoundEngine, rounds: int
 ) -> None:
-    """Print each trained round next to a random baseline; stop the daemon at the end."""
+    """Print each trained round next to the random baseline; stop the daemon at the end."""
     engine = daemon.engine
     reported: set[int] = set()
-    click.echo(f"{'round':>5} {'labels':>7} {'val. acc.':>10} {'random':>8}  model version")
+    click.echo(f"{'round':>5} {'labels':>7} {'val. acc.':>10} {'random':>14}  model version")
     while not daemon.stop_event.is_set():
         for rnd in engine.state.rounds():
             if rnd.round in reported or rnd.phase not in (Phase.WAIT, Phase.DONE):
                 continue
             reported.add(rnd.round)
-            val = rnd.metrics.get("validation") or {}
+            base = _baseline_round(baseline, rnd.round)
             n_train = int(rnd.metrics.get("n_train") or 0)
-            acc = val.get("accuracy")
-            base = "-"
-            if acc is not None and n_train:
-                val_ids = [i for i, _, _ in engine.state.labeled_items("validation")]
-                base_acc = random_baseline(
-                    engine.learner, pool_dir, truth, val_ids, n_train, set(val_ids), seed=rnd.round
-                )
-                base = f"{base_acc:.3f}"
+            acc = (rnd.metrics.get("validation") or {}).get("accuracy")
             acc_s = "-" if acc is None else f"{acc:.3f}"
             click.echo(
-                f"{rnd.round:>5} {n_train:>7} {acc_s:>10} {base:>8}  "
+                f"{rnd.round:>5} {n_train:>7} {acc_s:>10} {base:>14}  "
                 f"{rnd.model_version or '(cold start: validation split + random batch)'}"
             )
             if rnd.round >= rounds:
@@ -297,3 +263,14 @@ def _monitor(
                 return
         time.sleep(1.0)
     _ = annotator
+
+
+def _baseline_round(baseline: RoundEngine, number: int) -> str:
+    """Step the baseline to round ``number``; its accuracy and labels, e.g. ``0.912 (60)``."""
+    rnd = baseline.state.current_round()
+    while rnd is None or rnd.round < number:
+        rnd = baseline.step()
+        if rnd is None or rnd.phase is not Phase.WAIT:
+            return "-"
+    acc = (rnd.metrics.get("validation") or {}).get("accuracy")
+    return "-" if acc is None else f"{acc:.3f} ({int(rnd.metrics.get('n_train') or 0)})"

@@ -1,2 +1,27 @@
 """Offline active learning on labeled data: the daemon's own round engine driven by an
 oracle labeling backend over a local dataset, to compare strategies against random."""
+
+from connector.simulation.dataset import LabeledDataset, load_dataset
+from connector.simulation.metrics import aubc, labels_to_reach, summarise
+from connector.simulation.run import (
+    SCHEMA,
+    SimulationConfig,
+    count_work,
+    oracle_engine,
+    parse_strategy,
+    run_simulation,
+)
+
+__all__ = [
+    "SCHEMA",
+    "LabeledDataset",
+    "SimulationConfig",
+    "aubc",
+    "count_work",
+    "labels_to_reach",
+    "load_dataset",
+    "oracle_engine",
+    "parse_strategy",
+    "run_simulation",
+    "summarise",
+]

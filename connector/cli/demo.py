@@ -1,0 +1,66 @@
+"""``al-connector demo``: the command's options here, the demo itself in
+``connector.devtools.demo``, imported only when the command runs (devtools are never
+imported by production modules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--rounds", default=4, show_default=True, help="Rounds after the cold start.")
+@click.option("--batch-size", default=20, show_default=True)
+@click.option("--validation-size", default=100, show_default=True)
+@click.option("--strategy", default="margin", show_default=True)
+@click.option("--images", default=600, show_default=True, help="Digits in the pool.")
+@click.option("--skip-rate", default=0.05, show_default=True, help="Tasks the annotator skips.")
+@click.option("--delay", default=0.05, show_default=True, help="Seconds per annotation.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the pool, state and reports go (default: a temp folder).",
+)
+@click.option(
+    "--label-studio-bin",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The label-studio executable (make demo passes .venv-ls/bin/label-studio).",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the servers up at the end and print the URL and login.",
+)
+@click.option("--verbose", is_flag=True, help="Show the daemon's log, not only the table.")
+def demo_cmd(
+    rounds: int,
+    batch_size: int,
+    validation_size: int,
+    strategy: str,
+    images: int,
+    skip_rate: float,
+    delay: float,
+    workdir: Path | None,
+    label_studio_bin: Path | None,
+    keep_running: bool,
+    verbose: bool,
+) -> None:
+    """Run the loop end to end on a local Label Studio and S3 server with digits."""
+    from connector.devtools.demo import run_demo
+
+    run_demo(
+        rounds=rounds,
+        batch_size=batch_size,
+        validation_size=validation_size,
+        strategy=strategy,
+        images=images,
+        skip_rate=skip_rate,
+        delay=delay,
+        workdir=workdir,
+        label_studio_bin=label_studio_bin,
+        keep_running=keep_running,
+        verbose=verbose,
+    )
