@@ -71,7 +71,7 @@ def find_label_studio(ls_bin: str | Path | None = None) -> Path:
     checkout, else one on ``PATH``. Raises ``DevServerError`` naming ``make ls-venv``."""
     if ls_bin is not None:
         return check_bin(ls_bin)
-    local = Path(__file__).resolve().parent.parent / ".venv-ls" / "bin" / "label-studio"
+    local = Path(__file__).resolve().parents[2] / ".venv-ls" / "bin" / "label-studio"
     if local.is_file():
         return check_bin(local)
     found = shutil.which("label-studio")
