@@ -118,7 +118,7 @@ def summary_table(result: dict[str, Any]) -> Table:
     "--test-fraction",
     default=0.2,
     show_default=True,
-    help="Stratified share held out for testing (never selected).",
+    help="Share of the items in the random validation split: the test set (never selected).",
 )
 @click.option(
     "--arch", default="small_cnn", show_default=True, type=click.Choice(available_archs())
