@@ -62,6 +62,9 @@ class MemoryStore:
     def url_for(self, key: str) -> str:
         return f"mem://{key}"
 
+    def local_path(self, key: str) -> Path | None:
+        return None
+
     def describe(self) -> str:
         return "memory"
 

@@ -19,6 +19,7 @@ from connector.contracts.errors import ConfigError
 from connector.rounds.context import OVERRIDE_STRATEGY
 from connector.rounds.plan import Overrides, resolve_plan
 from connector.state import Phase, utcnow
+from connector.storage.local import LocalStore
 from tests.fakes import build, label_all, make_settings
 
 # ------------------------------------------------------------------------- the plan
@@ -245,3 +246,24 @@ def test_run_and_check_refuse_an_unknown_strategy_before_writing_anything(
     assert result.exit_code != 0
     assert "unknown strategy 'entrpy'; did you mean 'entropy'?" in result.output
     assert not (tmp_path / "state").exists()
+
+
+def test_a_local_pool_trains_from_its_own_files_not_cache_copies(
+    tmp_path: Path, digit_objects: Any
+) -> None:
+    objects, truth = digit_objects
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for key, data in objects.items():
+        (pool / key).write_bytes(data)
+    engine, labeling, learner = build(tmp_path, objects)
+    engine.ports.store = LocalStore(pool)
+    trained_on: list[list[Any]] = []
+    fit = learner.fit
+    learner.fit = lambda images, *a, **k: trained_on.append(list(images)) or fit(images, *a, **k)  # type: ignore[method-assign]
+    engine.step()
+    label_all(labeling, truth)
+    rnd = engine.step()
+    assert rnd is not None and rnd.metrics["trained"]
+    assert trained_on and all(Path(p).parent == pool for p in trained_on[0])
+    assert not [p for p in (tmp_path / "state" / "cache" / "objects").rglob("*") if p.is_file()]

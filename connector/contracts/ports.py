@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, Protocol
 
 # --------------------------------------------------------------------------- storage
@@ -51,6 +52,11 @@ class ObjectStore(Protocol):
 
     def url_for(self, key: str) -> str:
         """The URL a Label Studio task uses for this object (``s3://bucket/prefix/key``)."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """The object as a file on this machine, if the store is a local folder (its
+        labeled items then need no cache copy); None otherwise."""
         ...
 
     def describe(self) -> str:

@@ -11,10 +11,12 @@ Decoding failures raise ``BadImage`` with a short reason; callers decide whether
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,20 +109,53 @@ def decode_image(source: ImageSource, channels: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr8))
 
 
+#: ``decode(source, channels, size)``: ``decode_image`` or a ``DecodeMemo``.
+Decoder = Callable[[ImageSource, int, int], torch.Tensor]
+
+
+class DecodeMemo:
+    """``decode_image`` that remembers what it decoded, by the image's content.
+
+    Hand-made rather than ``functools.lru_cache`` because the key is a digest of the bytes
+    (a path's content can change, and bytes are not worth hashing twice), and there is no
+    bound: it is meant for ``simulate``, which re-reads the same few thousand labeled
+    images every round (decoding was about a tenth of its time); the daemon streams its
+    pool and never keeps decoded images.
+    """
+
+    def __init__(self) -> None:
+        self._decoded: dict[tuple[bytes, int, int], torch.Tensor] = {}
+
+    def __call__(self, source: ImageSource, channels: int, size: int) -> torch.Tensor:
+        if isinstance(source, bytes):
+            data = source
+        else:
+            try:
+                data = Path(source).read_bytes()
+            except OSError:
+                return decode_image(source, channels, size)  # raises BadImage, naming why
+        key = (hashlib.blake2b(data, digest_size=16).digest(), channels, size)
+        hit = self._decoded.get(key)
+        if hit is None:
+            hit = self._decoded[key] = decode_image(data, channels, size)
+        return hit
+
+
 def decode_many(
-    sources: Sequence[ImageSource], channels: int, size: int
+    sources: Sequence[ImageSource], channels: int, size: int, decode: Decoder | None = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Decode a sequence of images into ``uint8 [M, C, size, size]``.
 
     Returns the stacked tensor, the indices into ``sources`` that decoded, and
-    ``(index, reason)`` for each that did not.
+    ``(index, reason)`` for each that did not. ``decode`` defaults to ``decode_image``.
     """
+    decode = decode or decode_image
     tensors: list[torch.Tensor] = []
     ok: list[int] = []
     bad: list[tuple[int, str]] = []
     for i, src in enumerate(sources):
         try:
-            tensors.append(decode_image(src, channels, size))
+            tensors.append(decode(src, channels, size))
             ok.append(i)
         except BadImage as exc:
             bad.append((i, str(exc)))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from connector.contracts.ports import ObjectStore
-from connector.learning.images import BadImage, decode_image
+from connector.learning.images import BadImage, Decoder, decode_image
 from connector.learning.trained import TrainedModel
 from connector.learning.training import ProgressFn
 from connector.rounds.selection import sample_candidates
@@ -72,9 +72,11 @@ class _Producer(threading.Thread):
         size: int,
         batch_size: int,
         prefetch: int,
+        decode: Decoder,
     ) -> None:
         super().__init__(name="pool-decoder", daemon=True)
         self.items = items
+        self.decode = decode
         self.channels, self.size, self.batch_size = channels, size, batch_size
         self.queue: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
         self.stop = threading.Event()
@@ -101,7 +103,7 @@ class _Producer(threading.Thread):
                     self.failures.append((key, f"read failed: {type(data).__name__}: {data}"))
                     continue
                 try:
-                    tensors.append(decode_image(data, self.channels, self.size))
+                    tensors.append(self.decode(data, self.channels, self.size))
                 except BadImage as exc:
                     self.failures.append((key, str(exc)))
                     continue
@@ -129,6 +131,7 @@ def score_pool(
     total: int | None = None,
     seed: int = 0,
     prefetch: int = 3,
+    decode: Decoder = decode_image,
 ) -> ScoreResult:
     """Score pool items into ``PoolOutputs`` (``probs_N_K_C``, ``emb_N_D``, ``ids``).
 
@@ -141,6 +144,7 @@ def score_pool(
             number of items when known (0 otherwise).
         seed: seed of the dropout masks (scores are reproducible).
         prefetch: decoded batches kept ready ahead of the model.
+        decode: the image decoder (``images.decode_image``, or a ``DecodeMemo``).
 
     The result rows follow the input order with failed items left out.
     """
@@ -149,7 +153,7 @@ def score_pool(
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     producer = _Producer(
-        items, trained.data_channels, trained.spec.image_size, batch_size, prefetch
+        items, trained.data_channels, trained.spec.image_size, batch_size, prefetch, decode
     )
     producer.start()
     ids: list[str] = []
@@ -207,6 +211,7 @@ def score_store(
     total: int | None = None,
     seed: int = 0,
     prefetch: int = 3,
+    decode: Decoder = decode_image,
 ) -> ScoreResult:
     """Score objects of a store: ``max_workers`` concurrent reads feed the decoder.
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from connector.contracts.learner import ImageRef, Progress, Scored
 from connector.learning.checkpoints import load_checkpoint, save_checkpoint
+from connector.learning.images import Decoder, decode_image
 from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_pool
 from connector.learning.training import TrainConfig, TrainedModel, evaluate, train_classifier
@@ -22,6 +23,9 @@ class TorchLearner:
     spec: ModelSpec
     train_config: TrainConfig
     batch_size: int = 256
+    #: How images are decoded: ``decode_image``, or a ``DecodeMemo`` where the same
+    #: images come back round after round (``simulate``).
+    decode: Decoder = decode_image
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchLearner:
@@ -58,13 +62,19 @@ class TorchLearner:
     ) -> TrainedModel:
         cfg = TrainConfig(**{**self.train_config.__dict__, "seed": seed})
         return train_classifier(
-            list(images), list(labels), list(classes), self.spec, cfg, progress=progress
+            list(images),
+            list(labels),
+            list(classes),
+            self.spec,
+            cfg,
+            progress=progress,
+            decode=self.decode,
         )
 
     def evaluate(
         self, model: TrainedModel, images: Sequence[ImageRef], labels: Sequence[int]
     ) -> dict[str, Any]:
-        return evaluate(model, list(images), list(labels))
+        return evaluate(model, list(images), list(labels), self.decode)
 
     def score(
         self,
@@ -81,6 +91,7 @@ class TorchLearner:
             items,
             mc_samples=mc_samples,
             seed=seed,
+            decode=self.decode,
             batch_size=self.batch_size,
             with_embeddings=with_embeddings,
             progress=progress,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from connector.contracts.errors import BadItem, ConfigError
 from connector.learning.images import (
+    Decoder,
     ImageSource,
     channel_stats,
     decode_many,
@@ -306,11 +307,14 @@ def fit_tensors(
 
 
 def decode_labeled(
-    images: Sequence[ImageSource], spec: ModelSpec, channels: int | None = None
+    images: Sequence[ImageSource],
+    spec: ModelSpec,
+    channels: int | None = None,
+    decode: Decoder | None = None,
 ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Decode labeled images for ``spec``; channels from the spec, else from the images."""
     ch = channels or spec.channels or infer_channels(images[:64])
-    return decode_many(images, ch, spec.image_size)
+    return decode_many(images, ch, spec.image_size, decode)
 
 
 def train_classifier(
@@ -323,6 +327,7 @@ def train_classifier(
     *,
     val_images: Sequence[ImageSource] | None = None,
     val_labels: Sequence[int] | None = None,
+    decode: Decoder | None = None,
 ) -> TrainedModel:
     """Train a classifier on encoded images (bytes or paths) and labels indexing ``classes``.
 
@@ -331,7 +336,7 @@ def train_classifier(
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels; pass one label each")
-    x, ok, bad = decode_labeled(images, spec)
+    x, ok, bad = decode_labeled(images, spec, decode=decode)
     for i, reason in bad:
         log.warning("labeled image %d left out of training: %s", i, reason)
     if not ok:
@@ -339,7 +344,7 @@ def train_classifier(
     y = torch.as_tensor([labels[i] for i in ok], dtype=torch.int64)
     val = None
     if val_images is not None and val_labels is not None and len(val_images):
-        xv, okv, _ = decode_many(val_images, int(x.shape[1]), spec.image_size)
+        xv, okv, _ = decode_many(val_images, int(x.shape[1]), spec.image_size, decode)
         val = (xv, torch.as_tensor([val_labels[i] for i in okv], dtype=torch.int64))
     trained = fit_tensors(x, y, classes, spec, cfg, progress, val=val)
     trained.history["skipped"] = [i for i, _ in bad]
@@ -375,10 +380,13 @@ def evaluate_predictions(
 
 
 def evaluate(
-    trained: TrainedModel, images: Sequence[ImageSource], labels: Sequence[int]
+    trained: TrainedModel,
+    images: Sequence[ImageSource],
+    labels: Sequence[int],
+    decode: Decoder | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``trained`` on labeled images (undecodable ones are left out and counted)."""
-    x, ok, bad = decode_many(images, trained.data_channels, trained.spec.image_size)
+    x, ok, bad = decode_many(images, trained.data_channels, trained.spec.image_size, decode)
     probs = trained.predict_tensor(x).mean(axis=1)
     y_true = np.asarray([labels[i] for i in ok], dtype=np.int64)
     out = evaluate_predictions(y_true, probs.argmax(1), trained.classes)

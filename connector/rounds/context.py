@@ -119,6 +119,9 @@ class RoundContext:
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.progress = progress
         self.scored: dict[int, ScoredPool] = {}
+        #: Draw the per-round plots (score histograms). ``simulate`` turns them off: it runs
+        #: hundreds of rounds nobody looks at one by one (a plot costs about 0.3 s).
+        self.plots = True
 
     # ----------------------------------------------------------------- the plan
     def overrides(self) -> Overrides:
@@ -167,13 +170,22 @@ class RoundContext:
         return good
 
     def labeled(self, split: str) -> list[tuple[Path, int]]:
-        """Labeled items of a split as cached files with class indices."""
+        """Labeled items of a split as files with class indices: the pool's own files for
+        a local pool, copies in the labeled cache otherwise."""
         rows = self.state.labeled_items(split)
         known = [(i, e, lab) for i, e, lab in rows if lab in self.class_index]
-        paths = self.ports.cache.ensure_many(
-            self.ports.store,
-            [(i, e) for i, e, _ in known],
-            max_workers=self.cfg.read_concurrency,
+        paths: dict[str, Path | Exception] = {}
+        remote = []
+        for item, etag, _ in known:
+            local = self.ports.store.local_path(item)
+            if local is None:
+                remote.append((item, etag))
+            else:
+                paths[item] = local
+        paths.update(
+            self.ports.cache.ensure_many(
+                self.ports.store, remote, max_workers=self.cfg.read_concurrency
+            )
         )
         out = []
         for item, _etag, lab in known:

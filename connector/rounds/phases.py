@@ -166,7 +166,7 @@ def select(ctx: RoundContext, rnd: Round) -> None:
     base = len(selected)
     for j, (item, item_score, pred, conf) in enumerate(chosen):
         selected.append(SelectedItem(base + j, item, "train", item_score, pred, conf))
-    report.write_selection(ctx.round_dir(rnd.round), rnd, selected, diagnostics)
+    report.write_selection(ctx.round_dir(rnd.round), rnd, selected, diagnostics, plot=ctx.plots)
     ctx.state.set_phase(
         rnd.round,
         Phase.SELECT,

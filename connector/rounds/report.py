@@ -63,7 +63,12 @@ def score_diagnostics(strategy: Strategy, pool: PoolOutputs, sel: Selection) -> 
 
 
 def write_selection(
-    round_dir: Path, rnd: Round, selected: Sequence[SelectedItem], diagnostics: dict[str, Any]
+    round_dir: Path,
+    rnd: Round,
+    selected: Sequence[SelectedItem],
+    diagnostics: dict[str, Any],
+    *,
+    plot: bool = True,
 ) -> None:
     items = [
         {
@@ -83,7 +88,7 @@ def write_selection(
     diag = {k: v for k, v in diagnostics.items() if k != "pool_scores"}
     write_json(round_dir / "diagnostics.json", diag)
     pool_scores = diagnostics.get("pool_scores")
-    if pool_scores is not None:
+    if plot and pool_scores is not None:
         chosen = [s.score for s in selected if s.score is not None]
         _plot_scores(round_dir / "scores.png", np.asarray(pool_scores), chosen, rnd)
 

@@ -17,9 +17,10 @@ paired comparison). See docs/simulate.md for the JSON schema of the results.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +29,12 @@ from typing import Any
 import torch
 
 from connector.contracts.errors import ConfigError
-from connector.contracts.learner import Learner
+from connector.contracts.learner import ImageRef, Learner, Progress
 from connector.contracts.ports import ObjectStore
+from connector.learning.images import DecodeMemo
 from connector.learning.model import ModelSpec
 from connector.learning.torch_learner import TorchLearner
+from connector.learning.trained import TrainedModel
 from connector.learning.training import TrainConfig
 from connector.rounds.context import OVERRIDE_BATCH, Ports
 from connector.rounds.engine import RoundEngine
@@ -136,11 +139,47 @@ def oracle_engine(
     return RoundEngine(settings, ports, learner, classes), oracle
 
 
+class _SimulationLearner(TorchLearner):
+    """``TorchLearner`` that remembers its fits, and decodes each image once.
+
+    Training is deterministic for a given labeled set and seed, and the paired design
+    makes the first trained round identical for every strategy of a seed: a fit that was
+    already made in this process is returned again rather than repeated (as the old
+    simulation shared its initial model). Kept apart from the daemon's learner, which
+    never sees the same labeled set twice.
+    """
+
+    def __init__(self, spec: ModelSpec, train: TrainConfig) -> None:
+        super().__init__(spec, train, decode=DecodeMemo())
+        self._fits: dict[tuple[Any, ...], TrainedModel] = {}
+
+    def fit(
+        self,
+        images: Sequence[ImageRef],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        *,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> TrainedModel:
+        key = (tuple(str(i) for i in images), tuple(labels), tuple(classes), seed)
+        if key not in self._fits:
+            self._fits[key] = super().fit(images, labels, classes, seed=seed, progress=progress)
+        return self._fits[key]
+
+
 @dataclass
 class _Job:
     dataset: LabeledDataset
     cfg: SimulationConfig
     events: Any = None  # a multiprocessing queue in workers, None inline
+    #: One learner per process, shared by its runs (built on first use, never pickled).
+    _learner: list[_SimulationLearner] = field(default_factory=list, repr=False)
+
+    def learner(self) -> _SimulationLearner:
+        if not self._learner:
+            self._learner.append(_SimulationLearner(self.cfg.spec, self.cfg.train))
+        return self._learner[0]
 
 
 def _emit(job: _Job, event: str, progress: SimProgress | None) -> None:
@@ -148,6 +187,14 @@ def _emit(job: _Job, event: str, progress: SimProgress | None) -> None:
         job.events.put(event)
     elif progress is not None:
         progress(event)
+
+
+def _scratch_root() -> str | None:
+    """Where a run keeps its throwaway state db, checkpoints and reports: memory-backed
+    ``/dev/shm`` where there is one (the engine's fsyncs cost nothing there), else the
+    default temporary folder."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def _settings(job: _Job, seed: int, strategy: str, state_dir: Path) -> Settings:
@@ -180,13 +227,14 @@ def _run(
     root, keys = dataset_keys(ds)
     truth = {k: ds.classes[int(y)] for k, y in zip(keys, ds.labels, strict=True)}
     index = {k: i for i, k in enumerate(keys)}
-    with tempfile.TemporaryDirectory(prefix="al-sim-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="al-sim-", dir=_scratch_root()) as tmp:
         n_val = max(1, round(len(keys) * cfg.test_fraction))
         budget = min(cfg.budget, len(keys) - n_val)
         settings = _settings(job, seed, strategy, Path(tmp))
-        learner = TorchLearner(cfg.spec, cfg.train)
+        learner = job.learner()
         engine, oracle = oracle_engine(settings, DatasetStore(root, keys), truth, learner)
         state = engine.state
+        engine.ctx.plots = False
         engine.should_stop = lambda rnd: (
             rnd.phase is Phase.SCORE and int(rnd.metrics.get("n_train") or 0) >= budget
         )
@@ -235,7 +283,7 @@ def _record(run: dict[str, Any], rnd: Round) -> None:
 
 
 def _full_data(
-    job: _Job, learner: TorchLearner, engine: RoundEngine, seed: int, progress: SimProgress | None
+    job: _Job, learner: Learner, engine: RoundEngine, seed: int, progress: SimProgress | None
 ) -> dict[str, Any]:
     """The all-labels model: every item outside the validation split, same evaluation."""
     ctx = engine.ctx

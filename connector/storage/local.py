@@ -56,6 +56,7 @@ class LocalStore:
         document_root: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root = Path(root).expanduser().absolute()
+        self._resolved_root: Path | None = None
         self.extensions = normalise_extensions(extensions)
         self.url_template = url_template
         self.document_root = (
@@ -77,7 +78,9 @@ class LocalStore:
         return self.root.as_uri()
 
     def _inside(self, path: Path) -> bool:
-        return path.resolve().is_relative_to(self.root.resolve())
+        if self._resolved_root is None:  # resolved once: the root does not move
+            self._resolved_root = self.root.resolve()
+        return path.resolve().is_relative_to(self._resolved_root)
 
     def _path(self, key: str) -> Path:
         """The file of ``key``; rejects keys that would leave ``root``."""
@@ -126,6 +129,15 @@ class LocalStore:
     def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Image files under ``root`` in key order, strictly after ``start_after``."""
         return self._walk(self.root, "", start_after or "")
+
+    def local_path(self, key: str) -> Path | None:
+        """The pool file itself (None if it is gone): a local pool's labeled items need no
+        copy in the labeled cache."""
+        try:
+            path = self._path(key)
+        except ValueError:
+            return None
+        return path if path.is_file() else None
 
     def read(self, key: str) -> bytes:
         """The file's bytes; ``KeyError`` if it does not exist."""

@@ -350,6 +350,10 @@ class S3Store:
             data: bytes = body.read()
         return data
 
+    def local_path(self, key: str) -> Path | None:
+        """Never local: labeled items go through the labeled cache."""
+        return None
+
     def read(self, key: str) -> bytes:
         """The object's bytes; ``KeyError`` if it does not exist."""
         return self._call(f"GET {self.url_for(key)}", self._get, missing=key, key=key)
