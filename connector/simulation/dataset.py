@@ -85,11 +85,20 @@ def dataset_keys(dataset: LabeledDataset) -> tuple[Path, list[str]]:
 
 class DatasetStore(LocalStore):
     """A local store that lists only the dataset's images (a CSV need not name every
-    image of its folder)."""
+    image of its folder), and keeps what it read in memory: a simulation reads the same
+    few thousand files every round, and the dataset is on this machine anyway (the
+    daemon's rule of caching only labeled items is about downloading a remote pool)."""
 
     def __init__(self, root: Path, keys: list[str]) -> None:
         super().__init__(root)
         self._keys = frozenset(keys)
+        self._bytes: dict[str, bytes] = {}
+
+    def read(self, key: str) -> bytes:
+        data = self._bytes.get(key)
+        if data is None:
+            data = self._bytes[key] = super().read(key)
+        return data
 
     def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
         return (o for o in super().list_objects(start_after) if o.key in self._keys)
