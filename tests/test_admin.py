@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -376,3 +378,37 @@ def test_the_stall_alerts_command_exists_on_a_cold_start(setup: Any) -> None:
     )
     assert cold.returncode == 0, cold.stderr
     assert "Start the next round now" in cold.stdout
+
+
+# ------------------------------------------------------------------ a running daemon
+
+
+def test_a_running_daemon_applies_commands_at_its_next_tick(tmp_path: Path) -> None:
+    """The real scheduler loop (``Daemon.run``, in a child process, on the fakes): a
+    command journaled by the CLI is applied within a round tick."""
+    from tests.test_daemon import SCRIPT, daemon_process
+
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        f'[storage]\nkind = "local"\nlocal_root = "{tmp_path / "pool"}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n[strategy]\nname = "random"\n'
+    )
+    with daemon_process(SCRIPT, tmp_path, until="round 0") as (proc, _):
+        drained: list[str] = []
+        assert proc.stdout is not None
+        reader = threading.Thread(target=lambda: drained.extend(proc.stdout), daemon=True)
+        reader.start()
+        state = StateDB(tmp_path / "state" / "state.db")
+        deadline = time.monotonic() + 60
+        while (r := state.current_round()) is None or r.phase is not Phase.WAIT:
+            assert time.monotonic() < deadline, "".join(drained)
+            time.sleep(0.2)
+        ok(config, "round", "start-now")
+        while (r := state.current_round()) is None or r.round < 1:
+            assert time.monotonic() < deadline, "".join(drained)
+            time.sleep(0.2)
+        assert r.trigger == "admin"
+        assert [c["status"] for c in state.commands()] == ["applied"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0, "".join(drained)

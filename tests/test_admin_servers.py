@@ -166,10 +166,26 @@ def test_admin_commands_steer_the_daemon_on_real_servers(
     no_duplicates()
     assert junk not in {t.data["al_item_id"] for t in tasks()}
 
+    history = json.loads(ok("items", "show", key, "--json").output)
+    assert [p["task_id"] for p in history["pushes"]] == [old, now[0].id]
+    assert history["requeue_count"] == 1 and history["status"] == "queued"
+
+    # skip closes round 2 without waiting for its batch; the next round starts
+    ok("round", "skip")
+    ok("round", "resume")
+    status = daemon.run_once()
+    assert status["round"]["number"] == 3 and status["paused"] is False
+    assert state.get_round(2).metrics["skipped"] is True  # type: ignore[union-attr]
+    listed = json.loads(ok("rounds", "list", "--json").output)
+    assert [r["phase"] for r in listed] == ["DONE", "DONE", "DONE", "WAIT"]
+    assert listed[2]["metrics"]["rolled_back"] == 7 and "PUSH" in listed[1]["phase_seconds"]
+    assert "report.md" in ok("rounds", "show", "1").output
+    no_duplicates()
+
     # bad input: a clear message, a non-zero exit, nothing journaled
     journaled = len(state.commands())
     for args, message in [
-        (["round", "rollback", "2", "--yes"], "round 2 has nothing to withdraw"),
+        (["round", "rollback", "0", "--yes"], "round 0 has nothing to withdraw"),
         (["round", "rollback", "9", "--yes"], "round 9 does not exist"),
         (["items", "include", "nope.png"], "not in the pool: nope.png"),
         (["round", "set", "--strategy", "entrpy"], "did you mean 'entropy'?"),
@@ -190,6 +206,8 @@ def test_admin_commands_steer_the_daemon_on_real_servers(
         "pause",
         "rollback",
         "requeue",
+        "skip",
+        "resume",
     ]
     assert {a["status"] for a in audit} == {"applied"}
     exported = json.loads(ok("export", "--format", "json").output)

@@ -1,6 +1,7 @@
 """Stall detection (tasks open too long, a round waiting too long), and the notifiers
 that deliver alerts. (``phase_failed`` is raised by the round engine when a round goes
-to FAILED.)
+to FAILED; ``item_requeued`` by the admin command that re-sends a task,
+``rounds.commands``.)
 
 Alerts are rows in the state db first (deduplicated by key), then delivered: always to
 the log, and to a webhook when one is configured. A webhook that fails keeps the alert
