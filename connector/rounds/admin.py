@@ -82,14 +82,14 @@ def check_pause(state: StateDB) -> Checked:
     return Checked(
         "pause",
         {},
-        "pause: no new round starts (labels are still ingested) until `round resume`",
+        "no new round starts (labels are still ingested) until `round resume`",
         notes,
     )
 
 
 def check_resume(state: StateDB) -> Checked:
     notes = [] if state.get_meta(PAUSED) == "1" else ["rounds are not paused"]
-    return Checked("resume", {}, "resume: rounds start again on their triggers", notes)
+    return Checked("resume", {}, "rounds start again on their triggers", notes)
 
 
 def check_skip(state: StateDB) -> Checked:
@@ -145,7 +145,7 @@ def check_set(
     }
     name = strategy or read_overrides(state).strategy or settings.strategy.name
     try:
-        check_strategy(name, dict(params), setting="`al-connector round set`")
+        check_strategy(name, dict(params), setting="`round set --strategy`")
         resolve_plan(settings, read_overrides(state, overlay(state, args).get))
     except ConfigError as exc:
         raise BadCommand(str(exc)) from None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from connector.files import atomic_write_text
-from connector.state import Round, SelectedItem, StateDB, iso, utcnow
+from connector.state import PHASE_ORDER, Round, SelectedItem, StateDB, iso, utcnow
 from strategies import PoolOutputs, Selection, Strategy, item_scores
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,8 @@ def describe_round(state: StateDB, rnd: Round, rounds_dir: Path) -> dict[str, An
     metrics and where its report is."""
     done, total = state.batch_progress(rnd.round)
     metrics = dict(rnd.metrics)
-    durations = dict(metrics.pop("phase_seconds", None) or {})
+    measured = metrics.pop("phase_seconds", None) or {}
+    durations = {p.value: measured[p.value] for p in PHASE_ORDER if p.value in measured}
     if "pushed" in metrics and rnd.phase.value in ("WAIT", "DONE"):
         # phase_at is when WAIT began: closing a round leaves it alone.
         end = rnd.finished_at or utcnow()
