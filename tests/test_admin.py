@@ -204,6 +204,19 @@ def test_included_items_go_first_and_excluded_ones_never(setup: Any, tmp_path: P
     assert shown["status"] == "excluded" and "excluded by" in shown["reason"]
 
 
+def test_including_an_excluded_item_takes_it_back(setup: Any) -> None:
+    engine, labeling, truth, config = setup
+    key = discovered(engine, 1)[0]
+    ok(config, "items", "exclude", key)
+    engine.step()
+    ok(config, "items", "include", key)
+    label_all(labeling, truth)
+    engine.step()
+    assert labeling.tasks[key].task.round == 1 and labeling.tasks[key].task.priority == 0
+    events = [e["status"] for e in engine.state.item_history(key)["events"]]  # type: ignore[index]
+    assert events[:2] == ["excluded", "included"]
+
+
 @pytest.mark.parametrize("command", ["include", "exclude", "requeue"])
 def test_item_commands_refuse_keys_not_in_the_pool(setup: Any, command: str) -> None:
     engine, _, _, config = setup

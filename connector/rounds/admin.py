@@ -32,7 +32,7 @@ from connector.settings import Settings
 from connector.state import Phase, StateDB, utcnow
 
 #: Item statuses each command accepts.
-INCLUDABLE = ("discovered",)
+INCLUDABLE = ("discovered", "excluded")  # including an excluded item takes it back
 EXCLUDABLE = ("discovered", "excluded")
 REQUEUABLE = ("queued", "skipped", "invalid", "missing")
 #: Phases of a round whose push is over: what a rollback can take back.

@@ -120,19 +120,27 @@ class AdminQueries(Database):
         return out
 
     def pin_items(self, command_id: int, keys: Sequence[str], result: str) -> int:
-        """Pin discovered items into the next batch, after those pinned before; returns
-        how many were pinned."""
+        """Pin items into the next batch, after those pinned before; an excluded item is
+        taken back into the pool (the undo of an exclusion). Returns how many were pinned."""
         now = iso(utcnow())
         n = 0
         with self.tx() as c:
             seq = int(c.execute("SELECT COALESCE(MAX(pinned), 0) FROM items").fetchone()[0])
             for key in keys:
                 seq += 1
-                n += c.execute(
-                    "UPDATE items SET pinned = ?, updated_at = ? WHERE item_id = ? "
-                    "AND status = 'discovered' AND pinned = 0",
+                cur = c.execute(
+                    "UPDATE items SET pinned = ?, status = 'discovered', reason = NULL, "
+                    "updated_at = ? WHERE item_id = ? AND pinned = 0 "
+                    "AND status IN ('discovered', 'excluded')",
                     (seq, now, key),
-                ).rowcount
+                )
+                if cur.rowcount:
+                    n += 1
+                    c.execute(
+                        "INSERT INTO label_events (item_id, status, reason, at) "
+                        "VALUES (?, 'included', ?, ?)",
+                        (key, f"command {command_id}", now),
+                    )
             self._finish(c, command_id, APPLIED, result.format(n=n))
         return n
 

@@ -6,7 +6,8 @@ An item's lifecycle (one row in ``items``)::
     queued/skipped/invalid/missing -> queued with a new task only by an admin's requeue
         (``items requeue``, with an ``item_requeued`` alert)
     queued (unannotated) -> discovered only by an admin's ``round rollback``
-    discovered -> excluded (admin), corrupt (unreadable object, quarantined)
+    discovered -> excluded (``items exclude``; ``items include`` takes it back),
+        corrupt (unreadable object, quarantined)
 """
 
 from __future__ import annotations
