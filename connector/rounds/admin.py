@@ -69,7 +69,12 @@ def check_start_now(state: StateDB) -> Checked:
     if state.get_meta(PAUSED) == "1":
         notes.append("rounds are paused: the round starts once you run `al-connector round resume`")
     current = state.current_round()
-    if current is not None and current.phase not in (Phase.WAIT, Phase.DONE):
+    if current is not None and current.phase is Phase.FAILED:
+        notes.append(
+            f"round {current.round} FAILED ({current.error}); it blocks new rounds: fix the "
+            "cause and restart, or close it with `al-connector round skip`"
+        )
+    elif current is not None and current.phase not in (Phase.WAIT, Phase.DONE):
         notes.append(
             f"round {current.round} is at {current.phase.value}: the next round starts once "
             "it is waiting for labels"
