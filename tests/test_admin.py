@@ -366,14 +366,34 @@ def test_two_admins_and_the_daemon_write_at_once(setup: Any) -> None:
 # ------------------------------------------------------------------ the stall alert
 
 
-def test_the_stall_alerts_command_exists_on_a_cold_start(setup: Any) -> None:
-    engine, _, _, _ = setup
+@pytest.mark.parametrize(
+    ("kind", "command", "help_says"),
+    [
+        ("round_stalled", "al-connector round start-now", "Start the next round now"),
+        (
+            "task_stalled",
+            "al-connector items requeue --stalled --older-than 24h",
+            "Re-send items on purpose",
+        ),
+    ],
+)
+def test_the_stall_alerts_commands_exist_on_a_cold_start(
+    setup: Any, kind: str, command: str, help_says: str
+) -> None:
+    engine, _, _, config = setup
+    old = iso(utcnow() - timedelta(days=9))
     with engine.state.tx() as c:
-        c.execute("UPDATE rounds SET phase_at = ?", (iso(utcnow() - timedelta(days=9)),))
+        c.execute("UPDATE rounds SET phase_at = ?", (old,))
+        c.execute("UPDATE items SET queued_at = ? WHERE status = 'queued'", (old,))
     alerts.detect(engine.state, AlertSettings())
-    (stall,) = [a for a in engine.state.unsent_alerts() if a["kind"] == "round_stalled"]
-    command = stall["message"].split("`")[1]
-    assert command == "al-connector round start-now"
+    (stall,) = [a for a in engine.state.unsent_alerts() if a["kind"] == kind]
+    assert stall["message"].split("`")[1] == command
+    # It does what it says, on this state: the stalled tasks are re-sent.
+    if kind == "task_stalled":
+        ok(config, *command.split()[1:], "--yes")
+        engine.step()
+        assert engine.state.count_items()["queued"] == 50
+        assert len([a for a in engine.state.unsent_alerts() if a["kind"] == "item_requeued"]) == 50
     root = Path(__file__).resolve().parents[1]
     cold = subprocess.run(
         [
@@ -390,7 +410,7 @@ def test_the_stall_alerts_command_exists_on_a_cold_start(setup: Any) -> None:
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert cold.returncode == 0, cold.stderr
-    assert "Start the next round now" in cold.stdout
+    assert help_says in cold.stdout
 
 
 # ------------------------------------------------------------------ a running daemon

@@ -41,7 +41,8 @@ def detect(state: StateDB, settings: AlertSettings) -> int:
             key,
             f"round {number}: {n_open} task(s) open for more than "
             f"{settings.task_stall_hours:g} h (oldest queued {oldest}); check that "
-            "annotators have the project, or re-queue/exclude the items",
+            "annotators have the project, or re-send the tasks with "
+            f"`al-connector items requeue --stalled --older-than {settings.task_stall_hours:g}h`",
             round_number=number,
         )
     current = state.current_round()
