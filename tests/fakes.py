@@ -91,6 +91,7 @@ class FakeLabeling:
         self.model_version: str | None = None
         self.fail_after_import: int | None = None  # crash after importing N tasks
         self._clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._next_id = 0
 
     def tick(self) -> datetime:
         self._clock += timedelta(seconds=1)
@@ -114,15 +115,27 @@ class FakeLabeling:
                 raise ConnectionError("simulated crash mid-import")
             if self.fail_after_import is not None:
                 self.fail_after_import -= 1
-            task = FakeTask(
-                len(self.tasks) + 1, t.item_id, t, model_version, updated_at=self.tick()
-            )
+            self._next_id += 1
+            task = FakeTask(self._next_id, t.item_id, t, model_version, updated_at=self.tick())
             self.tasks[t.item_id] = task
             out[t.item_id] = task.id
         return out
 
     def set_model_version(self, model_version: str) -> None:
         self.model_version = model_version
+
+    def withdraw_tasks(self, task_ids: Sequence[int], *, skipped_too: bool = False) -> list[int]:
+        deletable = ("unlabeled", "skipped") if skipped_too else ("unlabeled",)
+        by_id = {t.id: item for item, t in self.tasks.items()}
+        gone = []
+        for task_id in task_ids:
+            item = by_id.get(task_id)
+            if item is None:
+                gone.append(task_id)
+            elif self.tasks[item].status in deletable:
+                del self.tasks[item]
+                gone.append(task_id)
+        return gone
 
     def annotate(self, item_id: str, status: str, label: str | None = None) -> None:
         task = self.tasks[item_id]

@@ -1,4 +1,6 @@
-"""The ``al-connector`` command: run, check, status, simulate, demo, settings-doc.
+"""The ``al-connector`` command: run, check, status, simulate, demo, settings-doc; the
+admin commands (round, rounds, items, export, audit) live in ``cli.admin`` and
+``cli.items``.
 
 Exit codes: 0 ok, 1 a failed check or a runtime error, 2 bad settings or usage.
 """
@@ -151,6 +153,7 @@ def _check_state_dir(settings: Settings) -> str:
 def status(config_path: Path | None, as_json: bool) -> None:
     """Where the rounds stand: items by status, the current round, its batch."""
     from connector.rounds import report
+    from connector.rounds.context import PAUSED, describe_overrides
     from connector.state import StateDB
 
     settings = _load(config_path)
@@ -164,6 +167,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
         "items": state.count_items(),
         "rounds": summary["rounds"],
         "stopping": summary["stopping"],
+        "paused": state.get_meta(PAUSED) == "1",
+        "overrides": describe_overrides(state),
+        "pending_commands": state.commands("pending"),
     }
     if current is not None:
         done, total = state.batch_progress(current.round)
@@ -191,6 +197,13 @@ def status(config_path: Path | None, as_json: bool) -> None:
             f"current: round {c['round']} {c['phase']}, batch {c['batch_done']}/"
             f"{c['batch_total']} done" + (f", error: {c['error']}" if c["error"] else "")
         )
+    if out["paused"]:
+        click.echo("paused: no new round starts until `al-connector round resume`")
+    for scope, values in out["overrides"].items():
+        if values:
+            click.echo(f"overrides ({scope.replace('_', ' ')}): {values}")
+    for cmd in out["pending_commands"]:
+        click.echo(f"pending: #{cmd['id']} {cmd['command']} by {cmd['user']} ({cmd['created_at']})")
 
 
 @main.command("settings-doc")
@@ -205,11 +218,15 @@ def settings_doc(output: Path | None) -> None:
 
 
 def _register_optional() -> None:
+    from connector.cli.admin import round_group, rounds_group
     from connector.cli.demo import demo_cmd
+    from connector.cli.items import audit_cmd, export_cmd, items_group
     from connector.cli.simulate import simulate_cmd
 
     main.add_command(simulate_cmd, "simulate")
     main.add_command(demo_cmd, "demo")
+    for command in (round_group, rounds_group, items_group, export_cmd, audit_cmd):
+        main.add_command(command)
 
 
 _register_optional()

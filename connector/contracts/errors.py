@@ -19,6 +19,11 @@ class AuthError(ConnectorError):
     """A service rejected the credentials (wrong or expired token, bad keys)."""
 
 
+class BadCommand(ConnectorError):
+    """An admin command's input is wrong (an unknown key, round or strategy); nothing was
+    journaled or changed."""
+
+
 class BadItem(ConnectorError):
     """One pool item cannot be used (corrupt, missing, not an image); it is quarantined."""
 

@@ -160,6 +160,15 @@ class LabelingBackend(Protocol):
 
     def set_model_version(self, model_version: str) -> None: ...
 
+    def withdraw_tasks(self, task_ids: Sequence[int], *, skipped_too: bool = False) -> list[int]:
+        """Delete those of these tasks that nobody annotated; returns the ids that are gone.
+
+        A task with a finished annotation is kept; one that was only skipped is kept too
+        unless ``skipped_too``. Ids that no longer exist count as gone (a retry after a
+        crash finds its work done).
+        """
+        ...
+
     def poll(self, since: datetime | None) -> PollResult:
         """The label state of every connector task updated since ``since`` (all if None)."""
         ...

@@ -7,6 +7,10 @@ annotator helpers the demo and tests use. Mixed into ``LabelStudioAdapter``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from label_studio_sdk.core.api_error import ApiError
 
 from connector.contracts.errors import ConfigError
 from connector.labelstudio.client import LOOKUP_FIELDS, LOOKUP_PAGE, LabelStudioClient
@@ -74,6 +78,47 @@ class LabelStudioAdminMixin:
         )
         return int(storage.id or 0)
 
+    # ------------------------------------------------------------------ withdrawing
+    def withdraw_tasks(self, task_ids: Sequence[int], *, skipped_too: bool = False) -> list[int]:
+        """Delete those of these tasks that nobody annotated; returns the ids that are gone.
+
+        A task with a finished annotation is kept; a skipped one too unless ``skipped_too``.
+        Ids that no longer exist count as gone, so a retry after a crash finds its work
+        done. Label Studio has no conditional delete: an annotation submitted between the
+        check and the delete (milliseconds) is lost with its task.
+        """
+        gone: list[int] = []
+        for lo, hi in _windows(sorted({int(t) for t in task_ids})):
+            window = [
+                dm_filter("id", "greater", "Number", lo - 1),
+                dm_filter("id", "less", "Number", hi + 1),
+            ]
+            unannotated = [*window, dm_filter("total_annotations", "equal", "Number", 0)]
+            if not skipped_too:
+                unannotated.append(dm_filter("cancelled_annotations", "equal", "Number", 0))
+            exists = self._task_ids(window)
+            deletable = self._task_ids(unannotated)
+            for task_id in sorted(t for t in task_ids if lo <= int(t) <= hi):
+                if task_id not in exists:
+                    gone.append(task_id)
+                elif task_id in deletable:
+                    self.ls.call("delete a task", self._delete_task, task_id)
+                    gone.append(task_id)
+        if gone:
+            log.info("project %d: %d tasks withdrawn", self.project_id, len(gone))
+        return gone
+
+    def _task_ids(self, filters: list[dict[str, Any]]) -> set[int]:
+        rows = self.ls.tasks_where(filters, size=LOOKUP_PAGE, fields=LOOKUP_FIELDS)
+        return {int(t.id) for t in rows}
+
+    def _delete_task(self, task_id: int) -> None:
+        try:
+            self.ls.sdk.tasks.delete(id=str(task_id))
+        except ApiError as exc:
+            if exc.status_code != 404:  # already gone is what we wanted
+                raise
+
     # ------------------------------------------------------------------ demo/test helpers
     def open_tasks(self) -> list[tuple[str, int]]:
         """``(item_id, task_id)`` of connector tasks without any annotation, by priority."""
@@ -111,3 +156,17 @@ class LabelStudioAdminMixin:
             "skip a task", self.ls.sdk.annotations.create, id=task_id, result=[], was_cancelled=True
         )
         return int(ann.id or 0)
+
+
+def _windows(ids: list[int], gap: int = 200) -> Iterator[tuple[int, int]]:
+    """Sorted ids as ``(lo, hi)`` ranges split where they are far apart, so a query over a
+    range reads few tasks the caller did not ask about."""
+    if not ids:
+        return
+    lo = prev = ids[0]
+    for task_id in ids[1:]:
+        if task_id - prev > gap:
+            yield lo, prev
+            lo = task_id
+        prev = task_id
+    yield lo, prev

@@ -1,6 +1,7 @@
 """Stall detection (tasks open too long, a round waiting too long), and the notifiers
 that deliver alerts. (``phase_failed`` is raised by the round engine when a round goes
-to FAILED.)
+to FAILED; ``item_requeued`` by the admin command that re-sends a task,
+``rounds.commands``.)
 
 Alerts are rows in the state db first (deduplicated by key), then delivered: always to
 the log, and to a webhook when one is configured. A webhook that fails keeps the alert
@@ -40,7 +41,8 @@ def detect(state: StateDB, settings: AlertSettings) -> int:
             key,
             f"round {number}: {n_open} task(s) open for more than "
             f"{settings.task_stall_hours:g} h (oldest queued {oldest}); check that "
-            "annotators have the project, or re-queue/exclude the items",
+            "annotators have the project, or re-send the tasks with "
+            f"`al-connector items requeue --stalled --older-than {settings.task_stall_hours:g}h`",
             round_number=number,
         )
     current = state.current_round()

@@ -36,6 +36,59 @@ START_NOW = "start_now"
 PAUSED = "paused"
 OVERRIDE_STRATEGY = "override_strategy"
 OVERRIDE_BATCH = "override_batch_size"
+#: The same, for the next round only: layered over the persistent ones and deleted when a
+#: round's selection is frozen (``phases.select``).
+NEXT_STRATEGY = "next_strategy"
+NEXT_BATCH = "next_batch_size"
+NEXT_ROUND_ONLY = (NEXT_STRATEGY, NEXT_BATCH)
+
+
+def _spec(get: Callable[[str], str | None], key: str) -> dict[str, Any]:
+    raw = get(key)
+    return dict(json.loads(raw)) if raw else {}
+
+
+def read_overrides(state: StateDB, get: Callable[[str], str | None] | None = None) -> Overrides:
+    """The admin overrides in force: next-round-only ones over persistent ones.
+
+    A next-round strategy other than the persistent one brings only its own parameters;
+    parameters for the same strategy are merged, the next round's winning. ``get`` reads
+    a meta key (default: the state db's), so a command can be checked against the
+    overrides it would leave behind.
+    """
+    get = get or state.get_meta
+    persist, nxt = _spec(get, OVERRIDE_STRATEGY), _spec(get, NEXT_STRATEGY)
+    name = nxt.get("name") or persist.get("name")
+    params: dict[str, Any] | None
+    if nxt.get("name") and nxt.get("name") != persist.get("name"):
+        params = nxt.get("params")
+    elif persist.get("params") is None and nxt.get("params") is None:
+        params = None
+    else:
+        params = {**(persist.get("params") or {}), **(nxt.get("params") or {})}
+    batch = get(NEXT_BATCH) or get(OVERRIDE_BATCH)
+    return Overrides(strategy=name, params=params, batch_size=int(batch) if batch else None)
+
+
+def describe_overrides(state: StateDB) -> dict[str, Any]:
+    """The stored overrides as a person reads them (``status --json``)."""
+
+    def one(strategy_key: str, batch_key: str) -> dict[str, Any]:
+        spec = _spec(state.get_meta, strategy_key)
+        batch = state.get_meta(batch_key)
+        out: dict[str, Any] = {}
+        if spec.get("name"):
+            out["strategy"] = spec["name"]
+        if spec.get("params"):
+            out["params"] = spec["params"]
+        if batch:
+            out["batch_size"] = int(batch)
+        return out
+
+    return {
+        "persistent": one(OVERRIDE_STRATEGY, OVERRIDE_BATCH),
+        "next_round": one(NEXT_STRATEGY, NEXT_BATCH),
+    }
 
 
 @dataclass
@@ -125,14 +178,7 @@ class RoundContext:
 
     # ----------------------------------------------------------------- the plan
     def overrides(self) -> Overrides:
-        raw = self.state.get_meta(OVERRIDE_STRATEGY)
-        spec = json.loads(raw) if raw else {}
-        batch = self.state.get_meta(OVERRIDE_BATCH)
-        return Overrides(
-            strategy=spec.get("name"),
-            params=spec.get("params") if spec else None,
-            batch_size=int(batch) if batch else None,
-        )
+        return read_overrides(self.state)
 
     def resolve(self, rnd: Round | None = None) -> RoundPlan:
         """The plan as settings and overrides say now; recorded on ``rnd`` if it changed."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from connector.contracts.errors import AuthError, ConfigError
 from connector.contracts.learner import Learner
-from connector.rounds import phases
+from connector.rounds import commands, phases
 from connector.rounds.context import (
     LS_WATERMARK,
     PAUSED,
@@ -38,10 +38,12 @@ from connector.rounds.context import (
     START_NOW,
     Ports,
     RoundContext,
+    describe_overrides,
 )
 from connector.rounds.plan import RoundPlan
 from connector.settings import Settings
 from connector.state import Phase, Round, iso, parse_iso, utcnow
+from connector.state.admin import PENDING
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,11 @@ class RoundEngine:
 
         Resumes an unfinished round from its committed phase, or starts a new one when a
         trigger holds. Returns when the round WAITs, waits out a failed attempt's
-        backoff, is FAILED, or nothing is to be done.
+        backoff, is FAILED, or nothing is to be done. Pending admin commands are applied
+        first (``rounds.commands``).
         """
+        # The safe point for admin commands: no phase or push is in flight.
+        commands.apply_pending(self.ctx)
         current = self.state.current_round()
         if current is not None and current.phase is Phase.FAILED:
             return current
@@ -197,7 +202,9 @@ class RoundEngine:
                 latest = self.state.get_round(number)
                 assert latest is not None
                 return latest
-            log.info("round %d: %s took %.1f s", number, rnd.phase.value, time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            self.state.phase_seconds(number, rnd.phase.value, took)
+            log.info("round %d: %s took %.1f s", number, rnd.phase.value, took)
 
     def _phase_failed(self, rnd: Round, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -241,7 +248,10 @@ class RoundEngine:
         )
 
     def recover(self) -> list[int]:
-        """At start-up: put FAILED rounds back at the phase they failed in. Returns them."""
+        """At start-up: put FAILED rounds back at the phase they failed in. Returns them.
+
+        Admin commands a stopped process was applying go back to pending too."""
+        self.state.reset_applying()
         current = self.state.current_round()
         if current is None or current.phase is not Phase.FAILED:
             return []
@@ -260,6 +270,8 @@ class RoundEngine:
         out: dict[str, Any] = {
             "items": self.state.count_items(),
             "paused": self.state.get_meta(PAUSED) == "1",
+            "overrides": describe_overrides(self.state),
+            "pending_commands": self.state.commands(PENDING),
         }
         if current is not None:
             done, total = self.state.batch_progress(current.round)

@@ -21,7 +21,7 @@ import numpy as np
 
 from connector.contracts.ports import TaskToPush
 from connector.rounds import report
-from connector.rounds.context import RoundContext, ScoredPool
+from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
 from connector.rounds.selection import Pick, picks, sample_candidates
 from connector.state import Phase, Round, SelectedItem
 from strategies import PoolOutputs, Selection
@@ -172,7 +172,8 @@ def select(ctx: RoundContext, rnd: Round) -> None:
         Phase.SELECT,
         metrics={"selection": {k2: v for k2, v in diagnostics.items() if k2 != "pool_scores"}},
     )
-    ctx.state.freeze_selection(rnd.round, selected)
+    # Overrides meant for this round only end with its freeze, in the same transaction.
+    ctx.state.freeze_selection(rnd.round, selected, clear_meta=NEXT_ROUND_ONLY)
     ctx.scored.pop(rnd.round, None)
     log.info(
         "round %d: selection of %d frozen (%s)", rnd.round, len(selected), diagnostics["strategy"]

@@ -134,7 +134,10 @@ def resolve_plan(settings: Settings, overrides: Overrides | None = None) -> Roun
     s = settings.strategy
     o = overrides or Overrides()
     name = o.strategy or s.name
-    params = dict(o.params if o.params is not None else (s.params if o.strategy is None else {}))
+    # Parameters given for the configured strategy add to its settings' parameters
+    # (`round set --param beta=2` keeps the others); another strategy brings its own.
+    params = dict(s.params) if o.strategy in (None, s.name) else {}
+    params.update(o.params or {})
     setting = "the strategy override (al-connector round set)" if o.strategy else "strategy.name"
     check_strategy(name, params, setting=setting)
     check_cold_start(s.cold_start)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from connector.files import atomic_write_text
-from connector.state import Round, SelectedItem, StateDB, iso
+from connector.state import PHASE_ORDER, Round, SelectedItem, StateDB, iso, utcnow
 from strategies import PoolOutputs, Selection, Strategy, item_scores
 
 log = logging.getLogger(__name__)
@@ -225,3 +225,39 @@ def _plot_curve(path: Path, points: list[tuple[int, float]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def describe_round(state: StateDB, rnd: Round, rounds_dir: Path) -> dict[str, Any]:
+    """One round as ``rounds list`` / ``rounds show`` print it: its plan, batch, phase
+    durations (seconds; WAIT from the end of the push to the next round, or until now),
+    metrics and where its report is."""
+    done, total = state.batch_progress(rnd.round)
+    metrics = dict(rnd.metrics)
+    measured = metrics.pop("phase_seconds", None) or {}
+    durations = {p.value: measured[p.value] for p in PHASE_ORDER if p.value in measured}
+    if "pushed" in metrics and rnd.phase.value in ("WAIT", "DONE"):
+        # phase_at is when WAIT began: closing a round leaves it alone.
+        end = rnd.finished_at or utcnow()
+        durations["WAIT"] = round((end - rnd.phase_at).total_seconds(), 1)
+    folder = rounds_dir / f"{rnd.round:04d}"
+    report = folder / "report.md"
+    val = metrics.get("validation") or {}
+    return {
+        "round": rnd.round,
+        "phase": rnd.phase.value,
+        "trigger": rnd.trigger,
+        "strategy": rnd.strategy,
+        "params": rnd.params,
+        "batch_size": rnd.batch_size,
+        "plan": rnd.plan,
+        "model_version": rnd.model_version,
+        "started_at": iso(rnd.started_at),
+        "finished_at": iso(rnd.finished_at),
+        "batch_done": done,
+        "batch_total": total,
+        "validation_accuracy": val.get("accuracy"),
+        "phase_seconds": durations,
+        "metrics": metrics,
+        "error": rnd.error,
+        "report": str(report if report.exists() else folder),
+    }

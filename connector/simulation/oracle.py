@@ -46,6 +46,12 @@ class OracleLabeling:
     def set_model_version(self, model_version: str) -> None:
         self.model_version = model_version
 
+    def withdraw_tasks(self, task_ids: Sequence[int], *, skipped_too: bool = False) -> list[int]:
+        """The oracle labels every task at once: there is never one left to withdraw,
+        except ids it does not know (gone already)."""
+        known = {task_id for task_id, _ in self.tasks.values()}
+        return [t for t in task_ids if t not in known]
+
     def poll(self, since: datetime | None) -> PollResult:
         states = [
             TaskLabelState(task_id, item, "labeled", label=self.truth[item], annotation_id=task_id)

@@ -10,10 +10,11 @@ package.
 
 from __future__ import annotations
 
+from connector.state.admin import AdminQueries
 from connector.state.alerts import AlertQueries
 from connector.state.items import ItemQueries
 from connector.state.rounds import RoundQueries
 
 
-class StateDB(ItemQueries, RoundQueries, AlertQueries):
+class StateDB(ItemQueries, RoundQueries, AlertQueries, AdminQueries):
     """The state db: every query the connector makes, by subject."""

@@ -3,8 +3,11 @@
 An item's lifecycle (one row in ``items``)::
 
     discovered -> queued (round, task id) -> labeled | skipped | invalid
-    queued/labeled/... -> discovered only by an explicit re-queue (with an alert)
-    any -> excluded (admin), corrupt (unreadable object, quarantined)
+    queued/skipped/invalid/missing -> queued with a new task only by an admin's requeue
+        (``items requeue``, with an ``item_requeued`` alert)
+    queued (unannotated) -> discovered only by an admin's ``round rollback``
+    discovered -> excluded (``items exclude``; ``items include`` takes it back),
+        corrupt (unreadable object, quarantined)
 """
 
 from __future__ import annotations

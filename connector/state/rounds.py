@@ -146,14 +146,19 @@ class RoundQueries(Database):
             return cur.rowcount
 
     # --------------------------------------------------------------- selections
-    def freeze_selection(self, number: int, selected: Sequence[SelectedItem]) -> None:
+    def freeze_selection(
+        self, number: int, selected: Sequence[SelectedItem], clear_meta: Sequence[str] = ()
+    ) -> None:
         """Write the round's selection with its scores, and move the round to PUSH.
 
         One transaction: either the whole selection is frozen and the phase is PUSH, or
-        nothing is, so a restart never re-scores a frozen round.
+        nothing is, so a restart never re-scores a frozen round. ``clear_meta`` keys are
+        deleted in the same transaction (admin overrides meant for this round only).
         """
         now = iso(utcnow())
         with self.tx() as c:
+            for key in clear_meta:
+                c.execute("DELETE FROM meta WHERE key = ?", (key,))
             c.execute("DELETE FROM selections WHERE round = ?", (number,))
             c.executemany(
                 "INSERT INTO selections (round, rank, item_id, split, score, predicted_label, "

@@ -158,6 +158,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE rounds ADD COLUMN retry_at TEXT;
     ALTER TABLE rounds ADD COLUMN failed_phase TEXT;
     """,
+    # 3: admin commands: who journaled each one, and where it stands
+    # (pending -> applying -> applied | failed)
+    """
+    ALTER TABLE admin_commands ADD COLUMN user TEXT NOT NULL DEFAULT '';
+    ALTER TABLE admin_commands ADD COLUMN status TEXT NOT NULL DEFAULT 'pending';
+    CREATE INDEX admin_commands_status ON admin_commands (status);
+    CREATE INDEX pushes_item ON pushes (item_id);
+    """,
 ]
 
 
