@@ -11,7 +11,8 @@ import pytest
 from connector.contracts.errors import AuthError, ConfigError
 from connector.contracts.ports import ObjectInfo
 from connector.storage.cache import LabeledCache, entry_hash
-from connector.storage.s3 import S3Store, read_many_ordered
+from connector.storage.s3 import S3Store
+from connector.storage.window import read_many_ordered
 
 
 class FakeStore:
