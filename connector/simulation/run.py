@@ -387,8 +387,13 @@ def _run_parallel(
     events = ctx.Queue()
     shared = _Job(job.dataset, job.cfg, events)
     with ProcessPoolExecutor(job.cfg.workers, ctx, _init_worker, (shared,)) as pool:
-        futs = [pool.submit(_run_in_worker, seed, s, full) for seed, s, full in tasks]
-        return _wait(futs, events, progress)
+        # The runs that also train an all-labels model are the longest: start them first,
+        # so that the pool does not end waiting on one of them.
+        order = sorted(range(len(tasks)), key=lambda i: not tasks[i][2])
+        futs = {i: pool.submit(_run_in_worker, *tasks[i]) for i in order}
+        results = _wait([futs[i] for i in order], events, progress)
+    by_task = dict(zip(order, results, strict=True))
+    return [by_task[i] for i in range(len(tasks))]
 
 
 def _wait(futs: list[Future[Any]], events: Any, progress: SimProgress | None) -> list[Any]:
