@@ -1,16 +1,10 @@
 """Offline active learning on labeled data: the daemon's own round engine driven by an
 oracle labeling backend over a local dataset, to compare strategies against random."""
 
+from connector.simulation.config import SimulationConfig, count_work, parse_strategy
 from connector.simulation.dataset import LabeledDataset, load_dataset
 from connector.simulation.metrics import aubc, labels_to_reach, summarise
-from connector.simulation.run import (
-    SCHEMA,
-    SimulationConfig,
-    count_work,
-    oracle_engine,
-    parse_strategy,
-    run_simulation,
-)
+from connector.simulation.run import SCHEMA, oracle_engine, run_simulation
 
 __all__ = [
     "SCHEMA",
