@@ -8,7 +8,6 @@ to Label Studio and the state db, not the model.
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,53 +17,18 @@ from click.testing import CliRunner, Result
 
 from connector.app import build_app
 from connector.cli import main
-from connector.devtools.datasets import DIGIT_CLASSES, LabeledImage
+from connector.devtools.datasets import LabeledImage
 from connector.ops.daemon import Daemon
 from connector.settings import load_settings
 from tests.fakes import PixelLearner
-from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits
+from tests.fixtures.s3 import upload_digits, write_server_settings
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.s3]
 
 
 def write_config(tmp_path: Path, ls_url: str, endpoint: str, bucket: str) -> Path:
-    path = tmp_path / "settings.toml"
-    path.write_text(
-        f"""
-[label_studio]
-url = "{ls_url}"
-project_title = "alc-admin-{uuid.uuid4().hex[:8]}"
-
-[storage]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "pool/"
-endpoint_url = "{endpoint}"
-region = "{REGION}"
-access_key_id = "{FAKE_ACCESS_KEY_ID}"
-secret_access_key = "{FAKE_SECRET_ACCESS_KEY}"
-
-[labels]
-classes = {json.dumps(list(DIGIT_CLASSES))}
-
-[strategy]
-name = "entropy"
-batch_size = 10
-
-[validation]
-size = 10
-
-[rounds]
-min_labeled_fraction = 1.0
-
-[state]
-dir = "{tmp_path / "state"}"
-
-[server]
-port = 0
-"""
-    )
-    return path
+    extra = '[strategy]\nname = "entropy"\nbatch_size = 10\n[rounds]\nmin_labeled_fraction = 1.0\n'
+    return write_server_settings(tmp_path, ls_url, endpoint, bucket, title="alc-admin", extra=extra)
 
 
 def test_admin_commands_steer_the_daemon_on_real_servers(

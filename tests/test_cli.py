@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,44 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from connector.cli.main import main
-from tests.fixtures.s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, REGION, upload_digits
+from tests.fixtures.s3 import upload_digits, write_server_settings
 
 
 def write_settings(tmp_path: Path, ls_url: str, endpoint: str, bucket: str) -> Path:
-    path = tmp_path / "settings.toml"
-    path.write_text(
-        f"""
-[label_studio]
-url = "{ls_url}"
-project_title = "alc-cli-{uuid.uuid4().hex[:8]}"
-
-[storage]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "pool/"
-endpoint_url = "{endpoint}"
-region = "{REGION}"
-access_key_id = "{FAKE_ACCESS_KEY_ID}"
-secret_access_key = "{FAKE_SECRET_ACCESS_KEY}"
-
-[labels]
-classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
-
-[strategy]
-name = "margin"
-batch_size = 10
-
-[validation]
-size = 10
-
-[state]
-dir = "state"
-
-[server]
-port = 0
-"""
-    )
-    return path
+    extra = '[strategy]\nname = "margin"\nbatch_size = 10\n'
+    return write_server_settings(tmp_path, ls_url, endpoint, bucket, title="alc-cli", extra=extra)
 
 
 @pytest.mark.labelstudio
