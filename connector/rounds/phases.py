@@ -22,6 +22,7 @@ import numpy as np
 from connector.contracts.ports import TaskToPush
 from connector.rounds import report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
+from connector.rounds.plan import RoundPlan
 from connector.rounds.selection import Pick, picks, sample_candidates
 from connector.state import Phase, Round, SelectedItem
 from strategies import PoolOutputs, Selection
@@ -102,7 +103,7 @@ def score(ctx: RoundContext, rnd: Round) -> None:
     pool = ScoredPool(ids, len(pinned))
     pool.diagnostics = {"candidates": len(ids) - len(pinned), "pinned": len(pinned)}
     trained = bool(rnd.metrics.get("trained"))
-    strategy = plan.build() if trained else plan.build_cold_start()
+    strategy = plan.strategy_for(trained)
     model = None
     if trained:
         model = ctx.learner.load(ctx.round_dir(rnd.round) / "model.pt")
@@ -162,7 +163,7 @@ def select(ctx: RoundContext, rnd: Round) -> None:
         chosen += [(i, None, None, None) for i in ctx.readable(shuffled, k)]
         diagnostics["strategy"] = plan.cold_start
     else:
-        chosen = _choose(ctx, rnd, pool, pinned, rest, k, rng, diagnostics)
+        chosen = _choose(ctx, plan, pool, pinned, rest, k, rng, diagnostics)
     base = len(selected)
     for j, (item, item_score, pred, conf) in enumerate(chosen):
         selected.append(SelectedItem(base + j, item, "train", item_score, pred, conf))
@@ -182,7 +183,7 @@ def select(ctx: RoundContext, rnd: Round) -> None:
 
 def _choose(
     ctx: RoundContext,
-    rnd: Round,
+    plan: RoundPlan,
     pool: ScoredPool,
     pinned: list[str],
     rest: list[str],
@@ -190,8 +191,7 @@ def _choose(
     rng: np.random.Generator,
     diagnostics: dict[str, object],
 ) -> list[Pick]:
-    plan = ctx.resolve(rnd)
-    strategy = plan.build() if pool.trained else plan.build_cold_start()
+    strategy = plan.strategy_for(pool.trained)
     out: PoolOutputs = pool.outputs
     pos = {item: j for j, item in enumerate(out.ids or [])}
     pin_rows = [pos[i] for i in pinned if i in pos]

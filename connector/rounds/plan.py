@@ -66,6 +66,10 @@ class RoundPlan:
     def build_cold_start(self) -> Strategy:
         return get_strategy(self.cold_start)
 
+    def strategy_for(self, trained: bool) -> Strategy:
+        """The plan's strategy when a trained model reads the pool, else the cold start."""
+        return self.build() if trained else self.build_cold_start()
+
     def describe(self) -> str:
         params = "".join(f" {k}={v}" for k, v in sorted(self.params.items()))
         bound = "" if self.max_candidates is None else f", candidates <= {self.max_candidates}"
