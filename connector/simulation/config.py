@@ -67,6 +67,10 @@ class SimulationConfig:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
+    def validation_size(self, n_items: int) -> int:
+        """Items in the random validation split (the test set) of an ``n_items`` dataset."""
+        return max(1, round(n_items * self.test_fraction))
+
     def mc_for(self, strategy: str) -> int:
         name, params = parse_strategy(strategy)
         return mc_samples_for(name, params, self.mc_samples)

@@ -71,17 +71,19 @@ def oracle_engine(
 
 
 class _SimulationLearner(TorchLearner):
-    """``TorchLearner`` that remembers its fits, and decodes each image once.
+    """``TorchLearner`` that remembers its first-round fits, and decodes each image once.
 
     Training is deterministic for a given labeled set and seed, and the paired design
-    makes the first trained round identical for every strategy of a seed: a fit that was
-    already made in this process is returned again rather than repeated (as the old
-    simulation shared its initial model). Kept apart from the daemon's learner, which
-    never sees the same labeled set twice.
+    makes the first trained round (on the ``initial`` labels) identical for every strategy
+    of a seed: such a fit that was already made in this process is returned again rather
+    than repeated (as the old simulation shared its initial model). Only those are kept,
+    so memory holds one model per seed, not one per round. Kept apart from the daemon's
+    learner, which never sees the same labeled set twice.
     """
 
-    def __init__(self, spec: ModelSpec, train: TrainConfig) -> None:
+    def __init__(self, spec: ModelSpec, train: TrainConfig, initial: int) -> None:
         super().__init__(spec, train, decode=DecodeMemo())
+        self._initial = initial
         self._fits: dict[tuple[Any, ...], TrainedModel] = {}
 
     def fit(
@@ -93,6 +95,8 @@ class _SimulationLearner(TorchLearner):
         seed: int,
         progress: Progress | None = None,
     ) -> TrainedModel:
+        if len(images) != self._initial:
+            return super().fit(images, labels, classes, seed=seed, progress=progress)
         key = (tuple(str(i) for i in images), tuple(labels), tuple(classes), seed)
         if key not in self._fits:
             self._fits[key] = super().fit(images, labels, classes, seed=seed, progress=progress)
@@ -104,13 +108,14 @@ class _Job:
     dataset: LabeledDataset
     cfg: SimulationConfig
     events: Any = None  # a multiprocessing queue in workers, None inline
-    #: One learner per process, shared by its runs (built on first use, never pickled).
-    _learner: list[_SimulationLearner] = field(default_factory=list, repr=False)
+    #: One learner per process, shared by its runs (built on first use, so a job sent to a
+    #: worker process carries none).
+    _learner: _SimulationLearner | None = field(default=None, repr=False)
 
     def learner(self) -> _SimulationLearner:
-        if not self._learner:
-            self._learner.append(_SimulationLearner(self.cfg.spec, self.cfg.train))
-        return self._learner[0]
+        if self._learner is None:
+            self._learner = _SimulationLearner(self.cfg.spec, self.cfg.train, self.cfg.initial)
+        return self._learner
 
 
 def _emit(job: _Job, event: str, progress: SimProgress | None) -> None:
@@ -142,7 +147,7 @@ def _settings(job: _Job, seed: int, strategy: str, state_dir: Path) -> Settings:
             "cold_start": cfg.cold_start,
             "max_candidates": cfg.max_candidates,
         },
-        validation={"size": max(1, round(len(job.dataset.paths) * cfg.test_fraction))},
+        validation={"size": cfg.validation_size(len(job.dataset.paths))},
         rounds={"min_labeled_fraction": 1.0, "max_phase_attempts": 1},
         polling={"overlap_seconds": 0.0},
         state={"dir": str(state_dir)},
@@ -159,8 +164,7 @@ def _run(
     truth = {k: ds.classes[int(y)] for k, y in zip(keys, ds.labels, strict=True)}
     index = {k: i for i, k in enumerate(keys)}
     with tempfile.TemporaryDirectory(prefix="al-sim-", dir=_scratch_root()) as tmp:
-        n_val = max(1, round(len(keys) * cfg.test_fraction))
-        budget = min(cfg.budget, len(keys) - n_val)
+        budget = min(cfg.budget, len(keys) - cfg.validation_size(len(keys)))
         settings = _settings(job, seed, strategy, Path(tmp))
         learner = job.learner()
         engine, oracle = oracle_engine(settings, DatasetStore(root, keys), truth, learner)
@@ -189,14 +193,14 @@ def _run(
                 break
             pushed = sum(1 for t in oracle.pushed if t.split == "train")
             state.set_meta(OVERRIDE_BATCH, str(max(1, min(cfg.batch, budget - pushed))))
-        val = [(index[k], truth[k]) for k, _, _ in state.labeled_items("validation")]
+        val = sorted(index[k] for k, _, _ in state.labeled_items("validation"))
         selected = [index[t.item_id] for t in oracle.pushed if t.split == "train"]
-        full_data = _full_data(job, learner, engine, seed, progress) if full else None
+        full_data = _full_data(job, learner, engine, seed, root, keys, progress) if full else None
         state.close()
     run["aubc"] = aubc(run["labels"], run["accuracy"])
     run["final_accuracy"] = run["accuracy"][-1]
     run["selected"] = selected[cfg.initial :]
-    run["validation"] = sorted(i for i, _ in val)
+    run["validation"] = val
     run["full_data"] = full_data
     return run
 
@@ -214,12 +218,18 @@ def _record(run: dict[str, Any], rnd: Round) -> None:
 
 
 def _full_data(
-    job: _Job, learner: Learner, engine: RoundEngine, seed: int, progress: SimProgress | None
+    job: _Job,
+    learner: Learner,
+    engine: RoundEngine,
+    seed: int,
+    root: Path,
+    keys: list[str],
+    progress: SimProgress | None,
 ) -> dict[str, Any]:
-    """The all-labels model: every item outside the validation split, same evaluation."""
+    """The all-labels model: every item outside the validation split (``keys`` under
+    ``root``, in dataset order), same evaluation."""
     ctx = engine.ctx
     ds = job.dataset
-    root, keys = dataset_keys(ds)
     val = {k for k, _, _ in ctx.state.labeled_items("validation")}
     train = [(root / k, int(y)) for k, y in zip(keys, ds.labels, strict=True) if k not in val]
     t0 = time.perf_counter()
