@@ -136,11 +136,7 @@ class AdminQueries(Database):
                 )
                 if cur.rowcount:
                     n += 1
-                    c.execute(
-                        "INSERT INTO label_events (item_id, status, reason, at) "
-                        "VALUES (?, 'included', ?, ?)",
-                        (key, f"command {command_id}", now),
-                    )
+                    self._item_event(c, key, "included", now, reason=f"command {command_id}")
             self._finish(c, command_id, APPLIED, result.format(n=n))
         return n
 
@@ -157,11 +153,7 @@ class AdminQueries(Database):
                 )
                 if cur.rowcount:
                     n += 1
-                    c.execute(
-                        "INSERT INTO label_events (item_id, status, reason, at) "
-                        "VALUES (?, 'excluded', ?, ?)",
-                        (key, reason, now),
-                    )
+                    self._item_event(c, key, "excluded", now, reason=reason)
             self._finish(c, command_id, APPLIED, result.format(n=n))
         return n
 
@@ -217,11 +209,8 @@ class AdminQueries(Database):
                 if cur.rowcount:
                     n += 1
                     c.execute("DELETE FROM pushes WHERE round = ? AND item_id = ?", (number, item))
-                    c.execute(
-                        "INSERT INTO label_events (item_id, status, reason, at) "
-                        "VALUES (?, 'withdrawn', ?, ?)",
-                        (item, f"round {number} rolled back (command {command_id})", now),
-                    )
+                    why = f"round {number} rolled back (command {command_id})"
+                    self._item_event(c, item, "withdrawn", now, reason=why)
             row = c.execute("SELECT metrics FROM rounds WHERE round = ?", (number,)).fetchone()
             metrics = json.loads(row["metrics"])
             metrics["rolled_back"] = int(metrics.get("rolled_back") or 0) + n
@@ -257,16 +246,16 @@ class AdminQueries(Database):
                 "WHERE item_id = ?",
                 (number, task_id, now, now, item_id),
             )
-            c.execute(
-                "INSERT INTO label_events (item_id, task_id, status, reason, at) "
-                "VALUES (?, ?, 'requeued', ?, ?)",
-                (item_id, task_id, message, now),
-            )
-            c.execute(
-                "INSERT INTO alerts (kind, dedupe_key, severity, message, item_id, round, "
-                "created_at) VALUES ('item_requeued', ?, 'warning', ?, ?, ?, ?) "
-                "ON CONFLICT(dedupe_key) DO NOTHING",
-                (alert_key, message, item_id, number, now),
+            self._item_event(c, item_id, "requeued", now, task_id=task_id, reason=message)
+            self._insert_alert(
+                c,
+                "item_requeued",
+                alert_key,
+                message,
+                severity="warning",
+                item_id=item_id,
+                round_number=number,
+                at=now,
             )
 
     def alert_recorded(self, dedupe_key: str) -> bool:

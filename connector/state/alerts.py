@@ -31,12 +31,16 @@ class AlertQueries(Database):
     ) -> bool:
         """Record an alert once per ``dedupe_key``; True if it is new."""
         with self.tx() as c:
-            cur = c.execute(
-                "INSERT INTO alerts (kind, dedupe_key, severity, message, item_id, round, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
-                (kind, dedupe_key, severity, message, item_id, round_number, iso(utcnow())),
+            return self._insert_alert(
+                c,
+                kind,
+                dedupe_key,
+                message,
+                severity=severity,
+                item_id=item_id,
+                round_number=round_number,
+                at=iso(utcnow()),
             )
-            return cur.rowcount > 0
 
     def unsent_alerts(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM alerts WHERE sent_at IS NULL ORDER BY id")

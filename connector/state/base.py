@@ -1,8 +1,9 @@
 """The state db's plumbing: one SQLite connection per thread (WAL), short write
 transactions (``BEGIN IMMEDIATE``), forward migrations, and the meta key/value table.
 
-The queries live in mixins by subject (``items``, ``rounds``, ``alerts``); ``db.StateDB``
-puts them together.
+The queries live in mixins by subject (``items``, ``rounds``, ``alerts``, ``admin``);
+``db.StateDB`` puts them together. Two writes that several of them make inside their own
+transactions live here: an item's history row and an alert.
 """
 
 from __future__ import annotations
@@ -94,3 +95,43 @@ class Database:
             return
         with self.tx() as c:
             c.execute(sql, (key, value, value))
+
+    @staticmethod
+    def _item_event(
+        c: sqlite3.Connection,
+        item_id: str,
+        status: str,
+        at: str | None,
+        *,
+        task_id: int | None = None,
+        label: str | None = None,
+        annotation_id: int | None = None,
+        annotator: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """One row of an item's history (``label_events``), in the caller's transaction."""
+        c.execute(
+            "INSERT INTO label_events (item_id, task_id, status, label, annotation_id,"
+            " annotator, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (item_id, task_id, status, label, annotation_id, annotator, reason, at),
+        )
+
+    @staticmethod
+    def _insert_alert(
+        c: sqlite3.Connection,
+        kind: str,
+        dedupe_key: str,
+        message: str,
+        *,
+        severity: str,
+        item_id: str | None,
+        round_number: int | None,
+        at: str | None,
+    ) -> bool:
+        """An alert, once per ``dedupe_key``, in the caller's transaction; True if new."""
+        cur = c.execute(
+            "INSERT INTO alerts (kind, dedupe_key, severity, message, item_id, round, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
+            (kind, dedupe_key, severity, message, item_id, round_number, at),
+        )
+        return cur.rowcount > 0

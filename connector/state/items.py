@@ -170,19 +170,16 @@ class ItemQueries(Database):
                         st.item_id,
                     ),
                 )
-                c.execute(
-                    "INSERT INTO label_events (item_id, task_id, status, label, annotation_id,"
-                    " annotator, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        st.item_id,
-                        st.task_id,
-                        st.status,
-                        st.label,
-                        st.annotation_id,
-                        st.annotator,
-                        st.reason,
-                        now,
-                    ),
+                self._item_event(
+                    c,
+                    st.item_id,
+                    st.status,
+                    now,
+                    task_id=st.task_id,
+                    label=st.label,
+                    annotation_id=st.annotation_id,
+                    annotator=st.annotator,
+                    reason=st.reason,
                 )
                 changed[st.status] = changed.get(st.status, 0) + 1
         return changed
