@@ -5,6 +5,7 @@ imported by production modules)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -35,32 +36,9 @@ import click
     help="Leave the servers up at the end and print the URL and login.",
 )
 @click.option("--verbose", is_flag=True, help="Show the daemon's log, not only the table.")
-def demo_cmd(
-    rounds: int,
-    batch_size: int,
-    validation_size: int,
-    strategy: str,
-    images: int,
-    skip_rate: float,
-    delay: float,
-    workdir: Path | None,
-    label_studio_bin: Path | None,
-    keep_running: bool,
-    verbose: bool,
-) -> None:
+def demo_cmd(**options: Any) -> None:
     """Run the loop end to end on a local Label Studio and S3 server with digits."""
     from connector.devtools.demo import run_demo
 
-    run_demo(
-        rounds=rounds,
-        batch_size=batch_size,
-        validation_size=validation_size,
-        strategy=strategy,
-        images=images,
-        skip_rate=skip_rate,
-        delay=delay,
-        workdir=workdir,
-        label_studio_bin=label_studio_bin,
-        keep_running=keep_running,
-        verbose=verbose,
-    )
+    # The options above are run_demo's keyword arguments, named and typed there.
+    run_demo(**options)
