@@ -170,12 +170,11 @@ class AdminQueries(Database):
         """Close a round without waiting for its batch: DONE, and the next one starts."""
         now = iso(utcnow())
         with self.tx() as c:
-            row = c.execute("SELECT metrics FROM rounds WHERE round = ?", (number,)).fetchone()
-            metrics = {**json.loads(row["metrics"]), "skipped": True}
+            self._merge_round_metrics(c, number, lambda _: {"skipped": True})
             c.execute(
                 "UPDATE rounds SET phase = 'DONE', finished_at = ?, failed_phase = NULL, "
-                "retry_at = NULL, metrics = ? WHERE round = ?",
-                (now, json.dumps(metrics, sort_keys=True), number),
+                "retry_at = NULL WHERE round = ?",
+                (now, number),
             )
             self.set_meta(start_key, "1", conn=c)
             self._finish(c, command_id, APPLIED, result)
@@ -211,12 +210,8 @@ class AdminQueries(Database):
                     c.execute("DELETE FROM pushes WHERE round = ? AND item_id = ?", (number, item))
                     why = f"round {number} rolled back (command {command_id})"
                     self._item_event(c, item, "withdrawn", now, reason=why)
-            row = c.execute("SELECT metrics FROM rounds WHERE round = ?", (number,)).fetchone()
-            metrics = json.loads(row["metrics"])
-            metrics["rolled_back"] = int(metrics.get("rolled_back") or 0) + n
-            c.execute(
-                "UPDATE rounds SET metrics = ? WHERE round = ?",
-                (json.dumps(metrics, sort_keys=True), number),
+            self._merge_round_metrics(
+                c, number, lambda m: {"rolled_back": int(m.get("rolled_back") or 0) + n}
             )
             self._finish(c, command_id, APPLIED, result.format(n=n))
         return n

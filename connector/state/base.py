@@ -2,16 +2,17 @@
 transactions (``BEGIN IMMEDIATE``), forward migrations, and the meta key/value table.
 
 The queries live in mixins by subject (``items``, ``rounds``, ``alerts``, ``admin``);
-``db.StateDB`` puts them together. Two writes that several of them make inside their own
-transactions live here: an item's history row and an alert.
+``db.StateDB`` puts them together. Writes that several of them make inside their own
+transactions live here: an item's history row, an alert, a round's metrics.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,19 @@ class Database:
             (kind, dedupe_key, severity, message, item_id, round_number, at),
         )
         return cur.rowcount > 0
+
+    @staticmethod
+    def _merge_round_metrics(
+        c: sqlite3.Connection,
+        number: int,
+        changes: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """Replace round ``number``'s metrics by ``changes(metrics)`` (keys it returns are
+        set, the others kept), in the caller's transaction."""
+        row = c.execute("SELECT metrics FROM rounds WHERE round = ?", (number,)).fetchone()
+        metrics = json.loads(row["metrics"])
+        metrics.update(changes(metrics))
+        c.execute(
+            "UPDATE rounds SET metrics = ? WHERE round = ?",
+            (json.dumps(metrics, sort_keys=True), number),
+        )

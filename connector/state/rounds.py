@@ -116,12 +116,7 @@ class RoundQueries(Database):
         now = iso(utcnow())
         with self.tx() as c:
             if metrics is not None:
-                old = c.execute("SELECT metrics FROM rounds WHERE round = ?", (number,)).fetchone()
-                merged = {**json.loads(old["metrics"]), **metrics}
-                c.execute(
-                    "UPDATE rounds SET metrics = ? WHERE round = ?",
-                    (json.dumps(merged, sort_keys=True), number),
-                )
+                self._merge_round_metrics(c, number, lambda _: metrics)
             if model_version is not None:
                 c.execute(
                     "UPDATE rounds SET model_version = ? WHERE round = ?", (model_version, number)
