@@ -137,6 +137,10 @@ class FakeLabeling:
                 gone.append(task_id)
         return gone
 
+    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
+        known = {t.id for t in self.tasks.values()}
+        return [t for t in task_ids if t not in known]
+
     def annotate(self, item_id: str, status: str, label: str | None = None) -> None:
         task = self.tasks[item_id]
         task.status, task.label = status, label

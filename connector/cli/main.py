@@ -219,13 +219,14 @@ def settings_doc(output: Path | None) -> None:
 
 def _register_optional() -> None:
     from connector.cli.admin import round_group, rounds_group
+    from connector.cli.alerts import alerts_group
     from connector.cli.demo import demo_cmd
     from connector.cli.items import audit_cmd, export_cmd, items_group
     from connector.cli.simulate import simulate_cmd
 
     main.add_command(simulate_cmd, "simulate")
     main.add_command(demo_cmd, "demo")
-    for command in (round_group, rounds_group, items_group, export_cmd, audit_cmd):
+    for command in (round_group, rounds_group, items_group, export_cmd, audit_cmd, alerts_group):
         main.add_command(command)
 
 

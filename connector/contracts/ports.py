@@ -172,3 +172,8 @@ class LabelingBackend(Protocol):
     def poll(self, since: datetime | None) -> PollResult:
         """The label state of every connector task updated since ``since`` (all if None)."""
         ...
+
+    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
+        """Those of these task ids that no longer exist (deleted by hand). Its cost follows
+        the number of ids asked about, not the project's size."""
+        ...

@@ -89,10 +89,7 @@ class LabelStudioAdminMixin:
         """
         gone: list[int] = []
         for lo, hi in _windows(sorted({int(t) for t in task_ids})):
-            window = [
-                dm_filter("id", "greater", "Number", lo - 1),
-                dm_filter("id", "less", "Number", hi + 1),
-            ]
+            window = _id_range(lo, hi)
             unannotated = [*window, dm_filter("total_annotations", "equal", "Number", 0)]
             if not skipped_too:
                 unannotated.append(dm_filter("cancelled_annotations", "equal", "Number", 0))
@@ -107,6 +104,18 @@ class LabelStudioAdminMixin:
         if gone:
             log.info("project %d: %d tasks withdrawn", self.project_id, len(gone))
         return gone
+
+    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
+        """Those of these task ids that no longer exist in the project (deleted by hand).
+
+        One id-range query per window of nearby ids, reading ids only, so the cost follows
+        the open tasks asked about, not the project's size."""
+        ids = sorted({int(t) for t in task_ids})
+        missing: list[int] = []
+        for lo, hi in _windows(ids):
+            exists = self._task_ids(_id_range(lo, hi))
+            missing += [t for t in ids if lo <= t <= hi and t not in exists]
+        return missing
 
     def _task_ids(self, filters: list[dict[str, Any]]) -> set[int]:
         rows = self.ls.tasks_where(filters, size=LOOKUP_PAGE, fields=LOOKUP_FIELDS)
@@ -156,6 +165,11 @@ class LabelStudioAdminMixin:
             "skip a task", self.ls.sdk.annotations.create, id=task_id, result=[], was_cancelled=True
         )
         return int(ann.id or 0)
+
+
+def _id_range(lo: int, hi: int) -> list[dict[str, Any]]:
+    """Data Manager filters for the task ids ``lo..hi``."""
+    return [dm_filter("id", "greater", "Number", lo - 1), dm_filter("id", "less", "Number", hi + 1)]
 
 
 def _windows(ids: list[int], gap: int = 200) -> Iterator[tuple[int, int]]:

@@ -17,21 +17,34 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from connector.contracts.errors import ConnectorError
+from connector.contracts.errors import ConnectorError, ServiceUnavailable
 from connector.ops import alerts
 from connector.ops.metrics import HealthServer, Metrics
+from connector.ops.notifiers import Notifier, build_notifiers
 from connector.rounds import report
 from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: The round job looks for work this often; the work itself is gated by triggers.
 ROUND_TICK_S = 5.0
+
+
+@dataclass
+class Services:
+    """Whether the last call to each service succeeded: ``/readyz`` answers from it."""
+
+    up: dict[str, bool] = field(default_factory=dict)
+
+    def ready(self) -> bool:
+        return all(self.up.get(name, False) for name in alerts.SERVICES)
 
 
 @dataclass
@@ -43,9 +56,10 @@ class Daemon:
     #: Called (best effort) on a second signal, just before the process exits, e.g. to
     #: stop child servers the process started (the demo's Label Studio).
     on_force_stop: list[Callable[[], None]] = field(default_factory=list)
+    services: Services = field(default_factory=Services)
     _signals: int = 0
-    _ready: bool = False
     _heartbeat: float = field(default_factory=time.time)
+    _notifiers: list[Notifier] | None = None
 
     # ------------------------------------------------------------------ jobs
     def _job(self, name: str, fn: Callable[[], Any]) -> Callable[[], None]:
@@ -56,7 +70,6 @@ class Daemon:
                 fn()
             except ConnectorError as exc:
                 # A clear, user-facing error (service down, bad token): log it plainly.
-                self._ready = False
                 log.error("%s job failed: %s", name, exc)
                 self.metrics.job_done(name, ok=False)
                 return
@@ -64,18 +77,37 @@ class Daemon:
                 self.metrics.job_done(name, ok=False)
                 log.exception("%s job failed; it runs again on its schedule", name)
                 return
-            self._ready = True
             self.metrics.job_done(name, ok=True)
             self._heartbeat = time.time()
             self.metrics.heartbeat.set(self._heartbeat)
 
         return run
 
+    def _call(self, service: str, fn: Callable[[], T]) -> T:
+        """``fn()``, a call to ``service``: its outcome is the service's readiness, and a
+        failure past the retry policy raises ``service_unreachable`` (resolved by the next
+        call that succeeds)."""
+        state = self.engine.state
+        try:
+            out = fn()
+        except Exception as exc:
+            self.services.up[service] = False
+            self.metrics.service_up.labels(service).set(0)
+            self.metrics.error(exc)
+            if isinstance(exc, ServiceUnavailable):
+                alerts.service_failed(state, service, str(exc))
+            raise
+        self.services.up[service] = True
+        self.metrics.service_up.labels(service).set(1)
+        alerts.service_ok(state, service)
+        return out
+
     def poll(self) -> None:
-        self.engine.poll_labels()
+        self._call("label_studio", self.engine.poll_labels)
+        self.metrics.last_good_poll = time.time()
 
     def list_pool(self) -> None:
-        self.engine.list_pool()
+        self._call("storage", self.engine.list_pool)
 
     def round_step(self) -> None:
         before = self.engine.state.current_round()
@@ -84,10 +116,24 @@ class Daemon:
             report.summarise(self.engine.state, self.engine.rounds_dir)
 
     def watch(self) -> None:
-        alerts.detect(self.engine.state, self.settings.alerts)
-        hook = self.settings.alerts.webhook_url
-        alerts.deliver(self.engine.state, hook.get_secret_value() if hook else None)
-        self.metrics.refresh(self.engine.state)
+        """Probe both services, look for deleted tasks, raise and resolve alerts, deliver
+        them, refresh the metrics. A service that fails here does not stop the rest."""
+        state = self.engine.state
+        ports = self.engine.ports
+        probes: list[tuple[str, Callable[[], Any]]] = [
+            ("label_studio", lambda: alerts.check_missing_tasks(state, ports.labeling)),
+            ("storage", lambda: next(iter(ports.store.list_objects(None)), None)),
+        ]
+        for service, probe in probes:
+            try:
+                self._call(service, probe)
+            except Exception as exc:  # already counted and alerted by _call
+                log.warning("watch: %s check failed: %s", alerts.SERVICES[service], exc)
+        alerts.detect(state, self.settings.alerts)
+        if self._notifiers is None:
+            self._notifiers = build_notifiers(self.settings.alerts)
+        alerts.deliver(state, self._notifiers, self.settings.alerts)
+        self.metrics.refresh(state)
 
     def run_once(self) -> dict[str, Any]:
         """One pass of every job, in order, for tests and cron users (``run --once``)."""
@@ -150,7 +196,7 @@ class Daemon:
             port,
             self.metrics,
             alive=lambda: time.time() - self._heartbeat < stale_after,
-            ready=lambda: self._ready,
+            ready=self.services.ready,
         )
         server.start()
         log.info("health and metrics on http://%s:%d/", self.settings.server.host, server.port)

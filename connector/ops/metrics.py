@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from connector.state import ITEM_STATUSES, PHASE_ORDER, StateDB
+from connector.state import ITEM_STATUSES, PHASE_ORDER, AlertKind, StateDB, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,42 @@ class Metrics:
             registry=r,
         )
         self.alerts_unsent = Gauge("alc_alerts_unsent", "Alerts not yet delivered", registry=r)
+        self.alerts_open = Gauge(
+            "alc_alerts_open", "Open alerts (condition still holds) by kind", ["kind"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "alc_queue_depth", "Tasks waiting in Label Studio (queued items)", registry=r
+        )
+        self.phase_seconds = Gauge(
+            "alc_round_phase_seconds",
+            "Wall time of each finished phase of the current round",
+            ["phase"],
+            registry=r,
+        )
+        self.phase_age = Gauge(
+            "alc_round_phase_age_seconds",
+            "Seconds the current round has been in its phase",
+            registry=r,
+        )
+        self.errors = Counter(
+            "alc_errors", "Job errors by kind (exception class)", ["kind"], registry=r
+        )
+        self.service_up = Gauge(
+            "alc_service_up",
+            "1 if the last call to the service succeeded",
+            ["service"],
+            registry=r,
+        )
+        #: Unix time of the last successful label poll (0: none yet).
+        self.last_good_poll = 0.0
+        self.since_poll = Gauge(
+            "alc_seconds_since_last_good_poll",
+            "Seconds since Label Studio was last polled successfully (+Inf: never)",
+            registry=r,
+        )
+        self.since_poll.set_function(
+            lambda: time.time() - self.last_good_poll if self.last_good_poll else float("inf")
+        )
         self.job_runs = Counter(
             "alc_job_runs", "Daemon job runs", ["job_name", "outcome"], registry=r
         )
@@ -52,12 +88,21 @@ class Metrics:
         )
 
     def refresh(self, state: StateDB) -> None:
-        for status, n in state.count_items().items():
+        counts = state.count_items()
+        for status, n in counts.items():
             if status in ITEM_STATUSES:
                 self.items.labels(status).set(n)
+        self.queue_depth.set(counts.get("queued", 0))
+        open_alerts = state.open_alert_counts()
+        for kind in AlertKind:
+            self.alerts_open.labels(kind.value).set(open_alerts.get(kind.value, 0))
+        self.alerts_unsent.set(len(state.unsent_alerts()))
         current = state.current_round()
         if current is None:
             return
+        self.phase_age.set((utcnow() - current.phase_at).total_seconds())
+        for phase, seconds in (current.metrics.get("phase_seconds") or {}).items():
+            self.phase_seconds.labels(phase).set(seconds)
         self.round.set(current.round)
         for phase in [*PHASE_ORDER]:
             self.phase.labels(phase.value).set(1 if phase is current.phase else 0)
@@ -69,7 +114,9 @@ class Metrics:
             if acc is not None:
                 self.val_acc.set(acc)
                 break
-        self.alerts_unsent.set(len(state.unsent_alerts()))
+
+    def error(self, exc: BaseException) -> None:
+        self.errors.labels(type(exc).__name__).inc()
 
     def job_done(self, job: str, ok: bool) -> None:
         self.job_runs.labels(job, "ok" if ok else "error").inc()

@@ -33,7 +33,7 @@ from connector.state import Phase, StateDB, utcnow
 
 #: Item statuses each command accepts.
 INCLUDABLE = ("discovered", "excluded")  # including an excluded item takes it back
-EXCLUDABLE = ("discovered", "excluded")
+EXCLUDABLE = ("discovered", "excluded", "missing")
 REQUEUABLE = ("queued", "skipped", "invalid", "missing")
 #: Phases of a round whose push is over: what a rollback can take back.
 ROLLBACK_PHASES = (Phase.WAIT, Phase.DONE)

@@ -212,6 +212,15 @@ def _choose(
 def push(ctx: RoundContext, rnd: Round) -> None:
     version = rnd.model_version or ctx.model_version(rnd)
     pending = ctx.state.unpushed(rnd.round)
+    # An item already queued or labeled is re-queued only on purpose (`items requeue`).
+    refused = set(
+        ctx.state.refuse_repush(
+            rnd.round,
+            [s.item_id for s in pending],
+            "To send one again, run `al-connector items requeue KEY`",
+        )
+    )
+    pending = [s for s in pending if s.item_id not in refused]
     chunk_size = ctx.cfg.import_chunk_size
     for start in range(0, len(pending), chunk_size):
         chunk = pending[start : start + chunk_size]

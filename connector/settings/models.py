@@ -219,7 +219,42 @@ class PollingSettings(_Section):
 class AlertSettings(_Section):
     task_stall_hours: float = Field(24.0, gt=0, description="Alert on tasks open this long.")
     round_stall_hours: float = Field(72.0, gt=0, description="Alert on rounds open this long.")
-    webhook_url: SecretStr | None = Field(None, description="POST alerts here as JSON.")
+    webhook_url: SecretStr | None = Field(
+        None,
+        description="POST each alert here as JSON (kind, severity, message, items, tasks, "
+        "round, first_seen, last_seen, resolved_at).",
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        None,
+        description="A Slack-compatible incoming webhook (JSON with `text`; Mattermost and "
+        "Teams workflows accept it too).",
+    )
+    apprise_urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="More services as Apprise URLs (e.g. `mailto://...`, `tgram://...`).",
+    )
+    renotify_minutes: float = Field(
+        240.0, gt=0, description="Re-send an alert whose condition still holds this often."
+    )
+    notify_timeout_s: float = Field(
+        10.0, gt=0, description="Timeout of one notifier call (retried, then left for later)."
+    )
+    throughput_window_hours: float = Field(
+        1.0, gt=0, description="Labels per hour are measured over this recent window..."
+    )
+    throughput_baseline_hours: float = Field(
+        24.0, gt=0, description="...and compared with the rate over this longer window."
+    )
+    throughput_drop_fraction: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Alert when the recent rate falls below this fraction of the baseline "
+        "while a batch is open.",
+    )
+    throughput_min_labels: int = Field(
+        20, ge=1, description="Labels the baseline needs before a drop is judged."
+    )
 
 
 class StateSettings(_Section):

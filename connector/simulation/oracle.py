@@ -52,6 +52,10 @@ class OracleLabeling:
         known = {task_id for task_id, _ in self.tasks.values()}
         return [t for t in task_ids if t not in known]
 
+    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
+        known = {task_id for task_id, _ in self.tasks.values()}
+        return [t for t in task_ids if t not in known]
+
     def poll(self, since: datetime | None) -> PollResult:
         states = [
             TaskLabelState(task_id, item, "labeled", label=self.truth[item], annotation_id=task_id)

@@ -3,6 +3,7 @@
 No SQL is written outside this package.
 """
 
+from connector.state.alerts import AlertKind
 from connector.state.db import StateDB
 from connector.state.schema import (
     ITEM_STATUSES,
@@ -19,6 +20,7 @@ from connector.state.schema import (
 __all__ = [
     "ITEM_STATUSES",
     "PHASE_ORDER",
+    "AlertKind",
     "Item",
     "Phase",
     "Round",

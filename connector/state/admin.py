@@ -141,14 +141,15 @@ class AdminQueries(Database):
         return n
 
     def exclude_items(self, command_id: int, keys: Sequence[str], reason: str, result: str) -> int:
-        """Discovered items become ``excluded`` (never selected); returns how many."""
+        """Candidates (discovered or missing) become ``excluded`` (never selected); returns
+        how many."""
         now = iso(utcnow())
         n = 0
         with self.tx() as c:
             for key in keys:
                 cur = c.execute(
                     "UPDATE items SET status = 'excluded', pinned = 0, reason = ?, "
-                    "updated_at = ? WHERE item_id = ? AND status = 'discovered'",
+                    "updated_at = ? WHERE item_id = ? AND status IN ('discovered', 'missing')",
                     (reason, now, key),
                 )
                 if cur.rowcount:

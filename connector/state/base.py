@@ -84,6 +84,19 @@ class Database:
     def schema_version(self) -> int:
         return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
 
+    def column_by_item(self, column: str, item_ids: Sequence[str]) -> dict[str, str]:
+        """``item_id -> column`` of these items (those that exist), 500 per query."""
+        assert column in ("etag", "status"), column  # never user input in the SQL
+        out: dict[str, str] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self.query(
+                f"SELECT item_id, {column} FROM items WHERE item_id IN ({marks})", chunk
+            ):
+                out[r["item_id"]] = r[column]
+        return out
+
     # --------------------------------------------------------------------- meta
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -128,14 +141,30 @@ class Database:
         item_id: str | None,
         round_number: int | None,
         at: str | None,
+        items: Sequence[str] | None = None,
+        tasks: Sequence[int] | None = None,
     ) -> bool:
-        """An alert, once per ``dedupe_key``, in the caller's transaction; True if new."""
-        cur = c.execute(
+        """An alert, one open row per ``dedupe_key``, in the caller's transaction; True if
+        new. An open alert of the same key is seen again instead: its ``last_seen``,
+        message, items and tasks are brought up to date."""
+        item_list = list(items) if items is not None else ([item_id] if item_id else [])
+        task_list = [int(t) for t in tasks or ()]
+        listed = (json.dumps(item_list), json.dumps(task_list))
+        open_row = c.execute(
+            "SELECT id FROM alerts WHERE dedupe_key = ? AND resolved_at IS NULL", (dedupe_key,)
+        ).fetchone()
+        if open_row is not None:
+            c.execute(
+                "UPDATE alerts SET last_seen = ?, message = ?, items = ?, tasks = ? WHERE id = ?",
+                (at, message, *listed, open_row["id"]),
+            )
+            return False
+        c.execute(
             "INSERT INTO alerts (kind, dedupe_key, severity, message, item_id, round, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
-            (kind, dedupe_key, severity, message, item_id, round_number, at),
+            "created_at, last_seen, items, tasks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (kind, dedupe_key, severity, message, item_id, round_number, at, at, *listed),
         )
-        return cur.rowcount > 0
+        return True
 
     @staticmethod
     def _merge_round_metrics(

@@ -6,6 +6,8 @@ An item's lifecycle (one row in ``items``)::
     queued/skipped/invalid/missing -> queued with a new task only by an admin's requeue
         (``items requeue``, with an ``item_requeued`` alert)
     queued (unannotated) -> discovered only by an admin's ``round rollback``
+    queued -> missing when its task is deleted in Label Studio (``task_missing`` alert);
+        a missing item is a candidate again
     discovered -> excluded (``items exclude``; ``items include`` takes it back),
         corrupt (unreadable object, quarantined)
 """
@@ -57,7 +59,8 @@ class ItemQueries(Database):
         return counts
 
     def iter_candidate_ids(self, batch: int = 10_000) -> Iterator[str]:
-        """Ids of items a strategy may choose: discovered, never queued, not excluded.
+        """Ids of items a strategy may choose: discovered (never queued) or missing (their
+        task was deleted in Label Studio), not excluded.
 
         Streams in key order with keyset pagination, so a million items never sit in
         memory at once.
@@ -65,8 +68,8 @@ class ItemQueries(Database):
         last = ""
         while True:
             rows = self.query(
-                "SELECT item_id FROM items WHERE status = 'discovered' AND item_id > ? "
-                "ORDER BY item_id LIMIT ?",
+                "SELECT item_id FROM items WHERE status IN ('discovered', 'missing') "
+                "AND item_id > ? ORDER BY item_id LIMIT ?",
                 (last, batch),
             )
             if not rows:
@@ -92,15 +95,10 @@ class ItemQueries(Database):
         return [(r["item_id"], r["etag"], r["label"]) for r in rows]
 
     def etags(self, item_ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for start in range(0, len(item_ids), 500):
-            chunk = list(item_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for r in self.query(
-                f"SELECT item_id, etag FROM items WHERE item_id IN ({marks})", chunk
-            ):
-                out[r["item_id"]] = r["etag"]
-        return out
+        return self.column_by_item("etag", item_ids)
+
+    def statuses(self, item_ids: Sequence[str]) -> dict[str, str]:
+        return self.column_by_item("status", item_ids)
 
     def mark_corrupt(self, failures: Iterable[tuple[str, str]]) -> int:
         """Quarantine unreadable items with their reason; they are never offered again."""

@@ -197,7 +197,7 @@ class RoundQueries(Database):
                     (number, item_id, task_id, now),
                 )
                 c.execute(
-                    "UPDATE items SET status = CASE WHEN status = 'discovered'"
+                    "UPDATE items SET status = CASE WHEN status IN ('discovered', 'missing')"
                     " THEN 'queued' ELSE status END, round = ?, task_id = ?, split = ?,"
                     " queued_at = ?, pinned = 0, updated_at = ? WHERE item_id = ?",
                     (number, task_id, splits[item_id], now, now, item_id),

@@ -166,6 +166,39 @@ MIGRATIONS: list[str] = [
     CREATE INDEX admin_commands_status ON admin_commands (status);
     CREATE INDEX pushes_item ON pushes (item_id);
     """,
+    # 4: alerts with a lifetime: one open row per condition (a partial unique index, so a
+    # condition that clears and comes back is a new alert), the items and tasks concerned,
+    # last_seen, resolved_at, and the notifier bookkeeping (re-notify schedule, retries)
+    """
+    CREATE TABLE alerts_v4 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        dedupe_key TEXT NOT NULL,
+        severity TEXT NOT NULL DEFAULT 'warning',
+        message TEXT NOT NULL,
+        item_id TEXT,
+        round INTEGER,
+        created_at TEXT NOT NULL,
+        sent_at TEXT,
+        items TEXT NOT NULL DEFAULT '[]',
+        tasks TEXT NOT NULL DEFAULT '[]',
+        last_seen TEXT,
+        resolved_at TEXT,
+        notify_count INTEGER NOT NULL DEFAULT 0,
+        resolve_sent_at TEXT,
+        retry_notifiers TEXT NOT NULL DEFAULT '[]'
+    );
+    INSERT INTO alerts_v4 (id, kind, dedupe_key, severity, message, item_id, round,
+        created_at, sent_at, items, last_seen, notify_count)
+        SELECT id, kind, dedupe_key, severity, message, item_id, round, created_at, sent_at,
+        CASE WHEN item_id IS NULL THEN '[]' ELSE json_array(item_id) END, created_at,
+        CASE WHEN sent_at IS NULL THEN 0 ELSE 1 END FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_v4 RENAME TO alerts;
+    CREATE UNIQUE INDEX alerts_open_key ON alerts (dedupe_key) WHERE resolved_at IS NULL;
+    CREATE INDEX alerts_key ON alerts (dedupe_key);
+    CREATE INDEX label_events_at ON label_events (at);
+    """,
 ]
 
 
