@@ -158,7 +158,8 @@ def run_demo(
                 "labels": {"classes": list(DIGIT_CLASSES)},
                 "strategy": {"name": strategy, "batch_size": batch_size, "cold_start": "random"},
                 "validation": {"size": validation_size},
-                "rounds": {"max_rounds": rounds + 1, "min_labeled_fraction": 0.9},
+                "rounds": {"min_labeled_fraction": 0.9},
+                "stopping": {"max_rounds": rounds + 1},
                 "polling": {
                     "label_studio_seconds": 1.0,
                     "storage_seconds": 30.0,
@@ -183,7 +184,7 @@ def run_demo(
         monitor.start()
         daemon.run()  # returns after the monitor stops it, or on Ctrl-C
         annotator.stop_event.set()
-        summary = report.summarise(app.engine.state, settings.rounds_dir())
+        summary = report.summarise(app.engine.state, settings.rounds_dir(), settings.stopping)
         click.echo(f"\nreport: {settings.rounds_dir() / 'report.json'}")
         if (settings.rounds_dir() / "learning_curve.png").exists():
             click.echo(f"learning curve: {settings.rounds_dir() / 'learning_curve.png'}")
@@ -247,7 +248,7 @@ def _monitor(
     click.echo(f"{'round':>5} {'labels':>7} {'val. acc.':>10} {'random':>14}  model version")
     while not daemon.stop_event.is_set():
         for rnd in engine.state.rounds():
-            if rnd.round in reported or rnd.phase not in (Phase.WAIT, Phase.DONE):
+            if rnd.round in reported or rnd.phase not in (Phase.WAIT, Phase.DONE, Phase.STOPPED):
                 continue
             reported.add(rnd.round)
             base = _baseline_round(baseline, rnd.round)

@@ -81,7 +81,7 @@ class Daemon:
         before = self.engine.state.current_round()
         after = self.engine.step()
         if after is not None and (before is None or after != before):
-            report.summarise(self.engine.state, self.engine.rounds_dir)
+            report.summarise(self.engine.state, self.engine.rounds_dir, self.settings.stopping)
 
     def watch(self) -> None:
         alerts.detect(self.engine.state, self.settings.alerts)

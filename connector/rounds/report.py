@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from connector.files import atomic_write_text
+from connector.rounds import stopping
+from connector.settings import StoppingSettings
 from connector.state import PHASE_ORDER, Round, SelectedItem, StateDB, iso, utcnow
 from strategies import PoolOutputs, Selection, Strategy, item_scores
 
@@ -143,6 +145,16 @@ def write_round_report(round_dir: Path, rnd: Round, done: int, total: int) -> No
             f"- pool mean confidence: {sel['pool_mean_confidence']:.3f} (rising and "
             "flattening: more labels buy little)"
         )
+    stop = rnd.metrics.get("stopped")
+    if stop:
+        lines += [
+            "",
+            f"## Stopped by {stop['criterion']}",
+            "",
+            f"{stop['message']}",
+            "",
+            "Figures: " + ", ".join(f"{k} {v}" for k, v in stop["figures"].items()),
+        ]
     atomic_write_text(round_dir / "report.md", "\n".join(lines) + "\n")
 
 
@@ -165,8 +177,11 @@ def _plot_scores(path: Path, scores: np.ndarray, chosen: list[float], rnd: Round
     plt.close(fig)
 
 
-def summarise(state: StateDB, rounds_dir: Path) -> dict[str, Any]:
-    """All rounds' figures, written to ``rounds/report.json`` and a learning curve PNG."""
+def summarise(
+    state: StateDB, rounds_dir: Path, stopping_cfg: StoppingSettings | None = None
+) -> dict[str, Any]:
+    """All rounds' figures and the stopping state (the criteria's figures when
+    ``stopping_cfg`` is given), written to ``rounds/report.json``, and a learning curve."""
     rows = []
     for rnd in state.rounds():
         val = rnd.metrics.get("validation") or {}
@@ -186,7 +201,7 @@ def summarise(state: StateDB, rounds_dir: Path) -> dict[str, Any]:
                 ),
             }
         )
-    summary = {"rounds": rows, "stopping": stopping_signals(rows)}
+    summary = {"rounds": rows, "stopping": stopping.state_of(stopping_cfg, state)}
     write_json(rounds_dir / "report.json", summary)
     points: list[tuple[int, float]] = [
         (int(r["n_train"]), float(r["validation_accuracy"]))
@@ -196,17 +211,6 @@ def summarise(state: StateDB, rounds_dir: Path) -> dict[str, Any]:
     if len(points) >= 2:
         _plot_curve(rounds_dir / "learning_curve.png", points)
     return summary
-
-
-def stopping_signals(rows: list[dict[str, Any]], window: int = 3, tol: float = 0.005) -> dict:
-    """Plateau of validation accuracy over the last ``window`` rounds (gain < ``tol``)."""
-    acc = [r["validation_accuracy"] for r in rows if r.get("validation_accuracy") is not None]
-    out: dict[str, Any] = {"rounds_with_accuracy": len(acc)}
-    if len(acc) > window:
-        gain = acc[-1] - max(acc[-window - 1 : -1])
-        out["recent_gain"] = gain
-        out["plateau"] = bool(gain < tol)
-    return out
 
 
 def _plot_curve(path: Path, points: list[tuple[int, float]]) -> None:

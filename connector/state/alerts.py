@@ -42,6 +42,15 @@ class AlertQueries(Database):
                 at=iso(utcnow()),
             )
 
+    def open_alerts(self, limit: int = 10) -> tuple[dict[str, int], list[sqlite3.Row]]:
+        """Alerts by kind, and the ``limit`` newest, for ``status``. Every recorded alert
+        counts as open until alerts can be resolved."""
+        kinds = {
+            str(r["kind"]): int(r["n"])
+            for r in self.query("SELECT kind, COUNT(*) AS n FROM alerts GROUP BY kind")
+        }
+        return kinds, self.query("SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (limit,))
+
     def unsent_alerts(self) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM alerts WHERE sent_at IS NULL ORDER BY id")
 
