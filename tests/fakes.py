@@ -27,6 +27,7 @@ from connector.contracts.ports import (
     TaskToPush,
 )
 from connector.devtools.datasets import DIGIT_CLASSES
+from connector.learning.training import evaluate_predictions
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
@@ -203,7 +204,8 @@ class PixelLearner:
     ) -> dict[str, Any]:
         x = np.stack([_pixels(i) for i in images])
         pred = self._probs(model, x).argmax(axis=1)
-        return {"n": len(labels), "accuracy": float((pred == np.asarray(labels)).mean())}
+        classes = [str(i) for i in range(model["n_classes"])]
+        return evaluate_predictions(np.asarray(labels, dtype=np.int64), pred, classes)
 
     def score(
         self,

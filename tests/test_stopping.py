@@ -128,7 +128,12 @@ def test_max_rounds_stops_after_the_last_batch_and_resume_goes_on(
     status = json.loads(cli(config, "status", "--json").output)
     assert status["stopped"]["criterion"] == "max_rounds"
     assert status["stopped"]["figures"] == {"rounds": 2, "max_rounds": 2}
-    assert "stopped by max_rounds" in cli(config, "status").output
+    assert status["alerts"]["by_kind"] == {"stopped": 1}
+    assert status["current"]["phase"] == "STOPPED" and status["current"]["phase_age_s"] >= 0
+    assert [r["round"] for r in status["last_rounds"]] == [0, 1]
+    text = cli(config, "status").output
+    assert "stopped by max_rounds" in text and "round 1: STOPPED for" in text
+    assert "alerts: 1 (stopped 1)" in text
     report = (engine.rounds_dir / "0001" / "report.md").read_text()
     assert "Stopped by max_rounds" in report and "2 rounds have run" in report
 
@@ -172,6 +177,14 @@ def test_target_accuracy_stops_before_anything_is_pushed(
     rnd = engine.step()
     assert rnd is not None and (rnd.round, rnd.phase) == (1, Phase.WAIT)
     assert tasks_of_round(labeling, 1) == 20
+    status = json.loads(cli(config, "status", "--json").output)
+    assert status["stopped"] is None and status["queue"]["queued"] == 20
+    assert status["queue"]["oldest_age_s"] >= 0
+    criteria = status["stopping"]["criteria"]["target_accuracy"]
+    assert criteria["target_accuracy"] == 0.2 and criteria["round"] == 1
+    text = cli(config, "status").output
+    assert "queue: 20 tasks open, the oldest for" in text
+    assert "stopping: running; target_accuracy" in text
 
 
 def test_plateau_stops_after_training(tmp_path: Path, digit_objects: Any) -> None:

@@ -13,6 +13,7 @@ validation split and cold-start batch), one round per demo round.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -252,6 +253,7 @@ def _monitor(
                 continue
             reported.add(rnd.round)
             base = _baseline_round(baseline, rnd.round)
+            _record_baseline(engine, baseline)
             n_train = int(rnd.metrics.get("n_train") or 0)
             acc = (rnd.metrics.get("validation") or {}).get("accuracy")
             acc_s = "-" if acc is None else f"{acc:.3f}"
@@ -266,12 +268,23 @@ def _monitor(
     _ = annotator
 
 
+def _record_baseline(engine: RoundEngine, baseline: RoundEngine) -> None:
+    """The baseline's learning curve, where the report's learning curve finds it."""
+    points = [
+        [int(r.metrics["n_train"]), float(r.metrics["validation"]["accuracy"])]
+        for r in baseline.state.rounds()
+        if r.metrics.get("n_train")
+        and (r.metrics.get("validation") or {}).get("accuracy") is not None
+    ]
+    engine.state.set_meta(report.RANDOM_BASELINE, json.dumps(points))
+
+
 def _baseline_round(baseline: RoundEngine, number: int) -> str:
     """Step the baseline to round ``number``; its accuracy and labels, e.g. ``0.912 (60)``."""
     rnd = baseline.state.current_round()
     while rnd is None or rnd.round < number:
         rnd = baseline.step()
-        if rnd is None or rnd.phase is not Phase.WAIT:
+        if rnd is None or rnd.phase not in (Phase.WAIT, Phase.STOPPED):
             return "-"
     acc = (rnd.metrics.get("validation") or {}).get("accuracy")
     return "-" if acc is None else f"{acc:.3f} ({int(rnd.metrics.get('n_train') or 0)})"

@@ -150,6 +150,9 @@ class ScoredPool:
     outputs: Any = None  # strategies.PoolOutputs with ids, or None (random cold start)
     trained: bool = False
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: The model's outputs on a sample of the labeled items (the report compares their
+    #: scores with the candidates'), or None.
+    labeled: Any = None
 
 
 class RoundContext:

@@ -234,7 +234,9 @@ class RoundEngine:
         stopped = self.state.get_round(rnd.round)
         assert stopped is not None
         done, total = self.state.batch_progress(rnd.round)
-        report.write_round_report(self.ctx.round_dir(rnd.round), stopped, done, total)
+        report.write_round_report(
+            self.ctx.round_dir(rnd.round), stopped, done, total, plot=self.ctx.plots
+        )
         return True
 
     def _phase_failed(self, rnd: Round, exc: Exception) -> None:
