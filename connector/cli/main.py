@@ -75,17 +75,26 @@ def main(log_level: str) -> None:
 def run(config_path: Path | None, once: bool) -> None:
     """Run the daemon: poll, train, score, select, push, watch; round after round."""
     from connector.app import build_app
+    from connector.cli.progress import terminal_progress
     from connector.ops.daemon import Daemon
 
     settings = _load(config_path)
     try:
         app = build_app(settings)
         daemon = Daemon(settings, app.engine)
-        if once:
-            status = daemon.run_once()
-            click.echo(json.dumps(status, indent=2, default=str))
-            return
-        daemon.run()
+        shown = terminal_progress()
+        if shown is not None:
+            bars, app.engine.ctx.progress = shown
+            bars.start()
+        try:
+            if once:
+                status = daemon.run_once()
+                click.echo(json.dumps(status, indent=2, default=str))
+                return
+            daemon.run()
+        finally:
+            if shown is not None:
+                shown[0].stop()
     except ConnectorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
