@@ -7,6 +7,7 @@ machine's tests fast and let them inject faults at exact points.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from connector.contracts.ports import (
     TaskToPush,
 )
 from connector.devtools.datasets import DIGIT_CLASSES
+from connector.learning.training import evaluate_predictions
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
@@ -206,7 +208,8 @@ class PixelLearner:
     ) -> dict[str, Any]:
         x = np.stack([_pixels(i) for i in images])
         pred = self._probs(model, x).argmax(axis=1)
-        return {"n": len(labels), "accuracy": float((pred == np.asarray(labels)).mean())}
+        classes = [str(i) for i in range(model["n_classes"])]
+        return evaluate_predictions(np.asarray(labels, dtype=np.int64), pred, classes)
 
     def score(
         self,
@@ -266,6 +269,20 @@ def make_settings(tmp_path: Path, **over: Any) -> Settings:
     for section, values in over.items():
         data.setdefault(section, {}).update(values)
     return Settings(**data)
+
+
+def settings_file(tmp_path: Path, classes: Sequence[str], extra: str = "") -> Path:
+    """A settings file for the CLI naming the state db of ``build(tmp_path, ...)`` (its
+    defaults, plus ``extra`` TOML)."""
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        f'[storage]\nkind = "local"\nlocal_root = "{tmp_path / "pool"}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n'
+        '[strategy]\nname = "random"\nbatch_size = 20\n'
+        "[validation]\nsize = 30\n"
+        f"[labels]\nclasses = {json.dumps(list(classes))}\n{extra}"
+    )
+    return config
 
 
 def build(

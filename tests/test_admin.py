@@ -22,7 +22,7 @@ from connector.ops import alerts
 from connector.rounds.engine import RoundEngine
 from connector.settings import AlertSettings
 from connector.state import Phase, StateDB, iso, utcnow
-from tests.fakes import FakeLabeling, build, label_all
+from tests.fakes import FakeLabeling, build, label_all, settings_file
 
 
 @pytest.fixture
@@ -34,14 +34,7 @@ def setup(
     objects, truth = digit_objects
     engine, labeling, _ = build(tmp_path, objects)
     engine.step()
-    config = tmp_path / "settings.toml"
-    config.write_text(
-        f'[storage]\nkind = "local"\nlocal_root = "{tmp_path / "pool"}"\n'
-        f'[state]\ndir = "{tmp_path / "state"}"\n'
-        '[strategy]\nname = "random"\nbatch_size = 20\n'
-        "[validation]\nsize = 30\n"
-        f"[labels]\nclasses = {json.dumps(list(engine.classes))}\n"
-    )
+    config = settings_file(tmp_path, engine.classes)
     return engine, labeling, truth, config
 
 

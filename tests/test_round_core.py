@@ -56,7 +56,7 @@ def test_scoring_uses_the_plans_mc_samples(tmp_path: Path, digit_objects: Any) -
     engine.step()
     label_all(labeling, truth)
     engine.step()
-    assert learner.mc_samples_seen == [20]
+    assert learner.mc_samples_seen == [20, 20]  # the pool, and the labeled sample (report)
 
 
 # ------------------------------------------------------------------ six phases

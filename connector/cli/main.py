@@ -75,17 +75,26 @@ def main(log_level: str) -> None:
 def run(config_path: Path | None, once: bool) -> None:
     """Run the daemon: poll, train, score, select, push, watch; round after round."""
     from connector.app import build_app
+    from connector.cli.progress import terminal_progress
     from connector.ops.daemon import Daemon
 
     settings = _load(config_path)
     try:
         app = build_app(settings)
         daemon = Daemon(settings, app.engine)
-        if once:
-            status = daemon.run_once()
-            click.echo(json.dumps(status, indent=2, default=str))
-            return
-        daemon.run()
+        shown = terminal_progress()
+        if shown is not None:
+            bars, app.engine.ctx.progress = shown
+            bars.start()
+        try:
+            if once:
+                status = daemon.run_once()
+                click.echo(json.dumps(status, indent=2, default=str))
+                return
+            daemon.run()
+        finally:
+            if shown is not None:
+                shown[0].stop()
     except ConnectorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
@@ -151,59 +160,21 @@ def _check_state_dir(settings: Settings) -> str:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_path: Path | None, as_json: bool) -> None:
-    """Where the rounds stand: items by status, the current round, its batch."""
-    from connector.rounds import report
-    from connector.rounds.context import PAUSED, describe_overrides
+    """Where the rounds stand: the phase and its age, paused or stopped (and by which
+    criterion), open alerts, the queue's age, the last rounds' accuracy."""
+    from connector.rounds import status as status_view
     from connector.state import StateDB
 
     settings = _load(config_path)
     if not settings.db_path().exists():
         click.echo(f"no state at {settings.db_path()}; run `al-connector run` first", err=True)
         sys.exit(1)
-    state = StateDB(settings.db_path())
-    summary = report.summarise(state, settings.rounds_dir())
-    current = state.current_round()
-    out = {
-        "items": state.count_items(),
-        "rounds": summary["rounds"],
-        "stopping": summary["stopping"],
-        "paused": state.get_meta(PAUSED) == "1",
-        "overrides": describe_overrides(state),
-        "pending_commands": state.commands("pending"),
-    }
-    if current is not None:
-        done, total = state.batch_progress(current.round)
-        out["current"] = {
-            "round": current.round,
-            "phase": current.phase.value,
-            "batch_done": done,
-            "batch_total": total,
-            "error": current.error,
-        }
+    out = status_view.describe(settings, StateDB(settings.db_path()))
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
-    click.echo("items: " + ", ".join(f"{k} {v}" for k, v in out["items"].items() if v))
-    for r in summary["rounds"]:
-        acc = r["validation_accuracy"]
-        click.echo(
-            f"round {r['round']:>3} {r['phase']:<6} {r['strategy']:<12} "
-            f"train labels {r['n_train'] or 0:>5}  validation accuracy "
-            f"{'-' if acc is None else f'{acc:.3f}'}"
-        )
-    if current is not None:
-        c = out["current"]
-        click.echo(
-            f"current: round {c['round']} {c['phase']}, batch {c['batch_done']}/"
-            f"{c['batch_total']} done" + (f", error: {c['error']}" if c["error"] else "")
-        )
-    if out["paused"]:
-        click.echo("paused: no new round starts until `al-connector round resume`")
-    for scope, values in out["overrides"].items():
-        if values:
-            click.echo(f"overrides ({scope.replace('_', ' ')}): {values}")
-    for cmd in out["pending_commands"]:
-        click.echo(f"pending: #{cmd['id']} {cmd['command']} by {cmd['user']} ({cmd['created_at']})")
+    for line in status_view.lines(out):
+        click.echo(line)
 
 
 @main.command("settings-doc")

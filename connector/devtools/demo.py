@@ -13,6 +13,7 @@ validation split and cold-start batch), one round per demo round.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import threading
@@ -158,7 +159,8 @@ def run_demo(
                 "labels": {"classes": list(DIGIT_CLASSES)},
                 "strategy": {"name": strategy, "batch_size": batch_size, "cold_start": "random"},
                 "validation": {"size": validation_size},
-                "rounds": {"max_rounds": rounds + 1, "min_labeled_fraction": 0.9},
+                "rounds": {"min_labeled_fraction": 0.9},
+                "stopping": {"max_rounds": rounds + 1},
                 "polling": {
                     "label_studio_seconds": 1.0,
                     "storage_seconds": 30.0,
@@ -183,7 +185,7 @@ def run_demo(
         monitor.start()
         daemon.run()  # returns after the monitor stops it, or on Ctrl-C
         annotator.stop_event.set()
-        summary = report.summarise(app.engine.state, settings.rounds_dir())
+        summary = report.summarise(app.engine.state, settings.rounds_dir(), settings.stopping)
         click.echo(f"\nreport: {settings.rounds_dir() / 'report.json'}")
         if (settings.rounds_dir() / "learning_curve.png").exists():
             click.echo(f"learning curve: {settings.rounds_dir() / 'learning_curve.png'}")
@@ -247,10 +249,11 @@ def _monitor(
     click.echo(f"{'round':>5} {'labels':>7} {'val. acc.':>10} {'random':>14}  model version")
     while not daemon.stop_event.is_set():
         for rnd in engine.state.rounds():
-            if rnd.round in reported or rnd.phase not in (Phase.WAIT, Phase.DONE):
+            if rnd.round in reported or rnd.phase not in (Phase.WAIT, Phase.DONE, Phase.STOPPED):
                 continue
             reported.add(rnd.round)
             base = _baseline_round(baseline, rnd.round)
+            _record_baseline(engine, baseline)
             n_train = int(rnd.metrics.get("n_train") or 0)
             acc = (rnd.metrics.get("validation") or {}).get("accuracy")
             acc_s = "-" if acc is None else f"{acc:.3f}"
@@ -265,12 +268,23 @@ def _monitor(
     _ = annotator
 
 
+def _record_baseline(engine: RoundEngine, baseline: RoundEngine) -> None:
+    """The baseline's learning curve, where the report's learning curve finds it."""
+    points = [
+        [int(r.metrics["n_train"]), float(r.metrics["validation"]["accuracy"])]
+        for r in baseline.state.rounds()
+        if r.metrics.get("n_train")
+        and (r.metrics.get("validation") or {}).get("accuracy") is not None
+    ]
+    engine.state.set_meta(report.RANDOM_BASELINE, json.dumps(points))
+
+
 def _baseline_round(baseline: RoundEngine, number: int) -> str:
     """Step the baseline to round ``number``; its accuracy and labels, e.g. ``0.912 (60)``."""
     rnd = baseline.state.current_round()
     while rnd is None or rnd.round < number:
         rnd = baseline.step()
-        if rnd is None or rnd.phase is not Phase.WAIT:
+        if rnd is None or rnd.phase not in (Phase.WAIT, Phase.STOPPED):
             return "-"
     acc = (rnd.metrics.get("validation") or {}).get("accuracy")
     return "-" if acc is None else f"{acc:.3f} ({int(rnd.metrics.get('n_train') or 0)})"

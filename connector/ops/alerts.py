@@ -14,7 +14,8 @@ kinds (``state.AlertKind``) and who raises them:
 - ``phase_failed``: the round engine when a round goes to FAILED; resolved when it resumes;
 - ``service_unreachable``: ``service_failed`` / ``service_ok``, from the daemon's jobs,
   when Label Studio or the bucket still fails after the retry policy;
-- ``stopped``: ``raise_stopped`` / ``clear_stopped`` (the stopping criteria).
+- ``stopped``: the round engine when a stopping criterion fires (``state.stop_round``,
+  in the same transaction as the stop); resolved by ``al-connector round resume``.
 
 Delivery (``deliver``): every alert is logged, then sent to the configured notifiers
 (``ops.notifiers``) once when raised, again every ``alerts.renotify_minutes`` while a
@@ -194,24 +195,6 @@ def service_ok(state: StateDB, service: str) -> int:
     return state.resolve_alerts(
         AlertKind.SERVICE_UNREACHABLE.value, keys=[f"unreachable:{service}"]
     )
-
-
-def raise_stopped(state: StateDB, criterion: str, figures: dict[str, Any], number: int) -> bool:
-    """``stopped``: a stopping criterion fired; nothing more is pushed until an admin
-    resumes (``al-connector round resume``)."""
-    shown = ", ".join(f"{k}={v}" for k, v in figures.items())
-    return state.add_alert(
-        AlertKind.STOPPED.value,
-        "stopped",
-        f"stopping criterion {criterion} fired after round {number} ({shown}); no more "
-        "tasks are pushed. To go on, change [stopping] and run `al-connector round resume`",
-        severity="info",
-        round_number=number,
-    )
-
-
-def clear_stopped(state: StateDB) -> int:
-    return state.resolve_alerts(AlertKind.STOPPED.value)
 
 
 def deliver(state: StateDB, notifiers: list[Notifier], settings: AlertSettings) -> int:

@@ -113,7 +113,7 @@ class Daemon:
         before = self.engine.state.current_round()
         after = self.engine.step()
         if after is not None and (before is None or after != before):
-            report.summarise(self.engine.state, self.engine.rounds_dir)
+            report.summarise(self.engine.state, self.engine.rounds_dir, self.settings.stopping)
 
     def watch(self) -> None:
         """Probe both services, look for deleted tasks, raise and resolve alerts, deliver

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from connector.contracts.errors import BadCommand, ConfigError
+from connector.rounds import stopping
 from connector.rounds.context import (
     NEXT_BATCH,
     NEXT_STRATEGY,
@@ -93,8 +94,26 @@ def check_pause(state: StateDB) -> Checked:
 
 
 def check_resume(state: StateDB) -> Checked:
-    notes = [] if state.get_meta(PAUSED) == "1" else ["rounds are not paused"]
-    return Checked("resume", {}, "rounds start again on their triggers", notes)
+    record = stopping.stopped(state)
+    paused = state.get_meta(PAUSED) == "1"
+    if record is None:
+        notes = [] if paused else ["rounds are not paused or stopped"]
+        return Checked("resume", {}, "rounds start again on their triggers", notes)
+    criterion = record["criterion"]
+    setting = "plateau_rounds" if criterion == "plateau" else criterion
+    again = (
+        "a plateau is judged again over the rounds after this one"
+        if criterion == "plateau"
+        else f"it stays off while stopping.{setting} is "
+        f"{(record.get('figures') or {}).get(setting)}; change it and restart to re-arm it"
+    )
+    return Checked(
+        "resume",
+        {},
+        f"lift the stop of round {record['round']} ({record['message']}): the round goes on "
+        f"from {record['resume_phase']} and rounds start again on their triggers",
+        [f"{criterion} is waived: {again}"],
+    )
 
 
 def check_skip(state: StateDB) -> Checked:

@@ -11,15 +11,18 @@ with the error, in the audit trail.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from connector.contracts.errors import ConfigError, ServiceUnavailable
 from connector.contracts.ports import TaskToPush
+from connector.rounds import stopping
 from connector.rounds.admin import REQUEUABLE, ROLLBACK_PHASES, UNFROZEN, overlay
 from connector.rounds.context import PAUSED, START_NOW, RoundContext, read_overrides
 from connector.rounds.plan import resolve_plan
+from connector.state import AlertKind, Phase
 from connector.state.admin import PENDING
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,24 @@ def _pause(ctx: RoundContext, number: int, args: dict[str, Any]) -> None:
 
 
 def _resume(ctx: RoundContext, number: int, args: dict[str, Any]) -> None:
-    ctx.state.finish_command(number, "resumed", set_meta={PAUSED: "0"})
+    """Unpause, and lift a stop: the stopped round goes back to the phase it stopped at,
+    and the criterion that fired is waived at the value it fired at (``rounds.stopping``)."""
+    record = stopping.stopped(ctx.state)
+    if record is None:
+        ctx.state.finish_command(number, "resumed", set_meta={PAUSED: "0"})
+        return
+    rnd = ctx.state.get_round(int(record["round"]))
+    if rnd is not None and rnd.phase is Phase.STOPPED:
+        ctx.state.set_phase(rnd.round, Phase(record["resume_phase"]))
+    waived = stopping.waiver_after(stopping.waivers(ctx.state), record)
+    ctx.state.finish_command(
+        number,
+        f"resumed; the stop by {record['criterion']} in round {record['round']} is lifted "
+        f"and {record['criterion']} waived at its value",
+        set_meta={PAUSED: "0", stopping.WAIVED: json.dumps(waived, sort_keys=True)},
+        delete_meta=[stopping.STOPPED],
+    )
+    ctx.state.resolve_alerts(AlertKind.STOPPED.value)
 
 
 def _set(ctx: RoundContext, number: int, args: dict[str, Any]) -> None:

@@ -111,7 +111,6 @@ class EngineConfig:
     import_chunk_size: int
     min_labeled_fraction: float
     interval_minutes: float | None
-    max_rounds: int | None
     min_new_labels: int
     max_phase_attempts: int
     retry_backoff_seconds: float
@@ -132,7 +131,6 @@ class EngineConfig:
             import_chunk_size=settings.label_studio.import_chunk_size,
             min_labeled_fraction=r.min_labeled_fraction,
             interval_minutes=r.interval_minutes,
-            max_rounds=r.max_rounds,
             min_new_labels=r.min_new_labels,
             max_phase_attempts=r.max_phase_attempts,
             retry_backoff_seconds=r.retry_backoff_seconds,
@@ -152,6 +150,9 @@ class ScoredPool:
     outputs: Any = None  # strategies.PoolOutputs with ids, or None (random cold start)
     trained: bool = False
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    #: The model's outputs on a sample of the labeled items (the report compares their
+    #: scores with the candidates'), or None.
+    labeled: Any = None
 
 
 class RoundContext:

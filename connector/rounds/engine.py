@@ -1,5 +1,6 @@
 """The round engine: INGEST -> TRAIN -> SCORE -> SELECT -> PUSH -> WAIT, with FAILED as
-the way out when a phase keeps failing.
+the way out when a phase keeps failing and STOPPED when a stopping criterion fires
+(``rounds.stopping``: asked after TRAIN and while a round waits; ``round resume`` lifts it).
 
 Every phase change is committed to the state db before the phase's work starts, so the
 state always shows the phase that is running and a restart resumes from it (the phases
@@ -29,7 +30,7 @@ from typing import Any
 
 from connector.contracts.errors import AuthError, ConfigError
 from connector.contracts.learner import Learner
-from connector.rounds import commands, phases
+from connector.rounds import commands, phases, report, stopping
 from connector.rounds.context import (
     LS_WATERMARK,
     PAUSED,
@@ -142,8 +143,6 @@ class RoundEngine:
             return "cold-start"
         if current.phase not in (Phase.WAIT, Phase.DONE):
             return None
-        if self.cfg.max_rounds is not None and current.round + 1 >= self.cfg.max_rounds:
-            return None
         if self.state.get_meta(START_NOW) == "1":
             return "admin"
         done, total = self.state.batch_progress(current.round)
@@ -170,11 +169,13 @@ class RoundEngine:
         # The safe point for admin commands: no phase or push is in flight.
         commands.apply_pending(self.ctx)
         current = self.state.current_round()
-        if current is not None and current.phase is Phase.FAILED:
+        if current is not None and current.phase in (Phase.FAILED, Phase.STOPPED):
             return current
         if current is None or current.phase in (Phase.WAIT, Phase.DONE):
             if current is not None:
                 self.poll_labels()
+                if self._stop_if_due(current):
+                    return self.state.get_round(current.round)
             trigger = self.next_round_trigger(current)
             if trigger is None:
                 return current
@@ -205,6 +206,38 @@ class RoundEngine:
             took = time.perf_counter() - t0
             self.state.phase_seconds(number, rnd.phase.value, took)
             log.info("round %d: %s took %.1f s", number, rnd.phase.value, took)
+            if rnd.phase is Phase.TRAIN:
+                trained = self.state.get_round(number)
+                assert trained is not None
+                if self._stop_if_due(trained):
+                    return self.state.get_round(number) or trained
+
+    def _stop_if_due(self, rnd: Round) -> bool:
+        """Ask the stopping criteria about ``rnd`` (just trained, or waiting); on a stop,
+        put it at STOPPED with a ``stopped`` alert and write its report. True if stopped."""
+        stop, _ = stopping.check(self.settings.stopping, self.state, rnd)
+        if stop is None:
+            return False
+        record = {
+            "criterion": stop.criterion,
+            "figures": stop.figures,
+            "message": (
+                f"round {rnd.round}: stopped by {stop.criterion}: {stop.message}. Nothing more "
+                "is pushed; `al-connector round resume` lifts the stop (see docs/admin.md)"
+            ),
+            "round": rnd.round,
+            "resume_phase": rnd.phase.value,
+            "at": iso(utcnow()),
+        }
+        self.state.stop_round(rnd.round, stopping.STOPPED, record)
+        log.warning("%s", record["message"])
+        stopped = self.state.get_round(rnd.round)
+        assert stopped is not None
+        done, total = self.state.batch_progress(rnd.round)
+        report.write_round_report(
+            self.ctx.round_dir(rnd.round), stopped, done, total, plot=self.ctx.plots
+        )
+        return True
 
     def _phase_failed(self, rnd: Round, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -272,6 +305,7 @@ class RoundEngine:
             "paused": self.state.get_meta(PAUSED) == "1",
             "overrides": describe_overrides(self.state),
             "pending_commands": self.state.commands(PENDING),
+            "stopped": stopping.stopped(self.state),
         }
         if current is not None:
             done, total = self.state.batch_progress(current.round)

@@ -20,12 +20,12 @@ from collections.abc import Callable
 import numpy as np
 
 from connector.contracts.ports import TaskToPush
-from connector.rounds import report
+from connector.rounds import insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
 from connector.rounds.plan import RoundPlan
 from connector.rounds.selection import Pick, picks, sample_candidates
 from connector.state import Phase, Round, SelectedItem
-from strategies import PoolOutputs, Selection
+from strategies import ItemScorer, PoolOutputs, Selection, item_scores
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,9 @@ def score(ctx: RoundContext, rnd: Round) -> None:
             pool.diagnostics["unreadable"] = [{"item": i, "reason": r} for i, r in scored.failures]
             log.warning("round %d: %d unreadable pool items quarantined", rnd.round, n_bad)
         out = scored.outputs
+        if trained and isinstance(strategy, ItemScorer):
+            # Only a per-item score can be compared between labeled and unlabeled items.
+            pool.labeled = _score_labeled(ctx, rnd, model, plan)
         if strategy.needs_embeddings and trained:
             labeled = ctx.labeled("train")
             emb = ctx.learner.embed_labeled(model, [p for p, _ in labeled])
@@ -133,6 +136,24 @@ def score(ctx: RoundContext, rnd: Round) -> None:
         pool.outputs, pool.trained = out, trained
     ctx.scored[rnd.round] = pool
     ctx.state.set_phase(rnd.round, Phase.SELECT)
+
+
+def _score_labeled(ctx: RoundContext, rnd: Round, model: object, plan: RoundPlan) -> object:
+    """The model's outputs on a random sample of the labeled training items, for the
+    report's labeled-vs-unlabeled check (``rounds.insight``)."""
+    labeled = [p for p, _ in ctx.labeled("train")]
+    if not labeled:
+        return None
+    rng = ctx.rng(rnd, "labeled-sample")
+    take = rng.permutation(len(labeled))[: insight.LABELED_SAMPLE]
+    paths = [labeled[i] for i in take.tolist()]
+    return ctx.learner.score(
+        model,
+        ((str(p), p.read_bytes()) for p in paths),
+        with_embeddings=False,
+        mc_samples=plan.mc_samples,
+        seed=ctx.cfg.seed * 100_003 + rnd.round + 1,
+    ).outputs
 
 
 def select(ctx: RoundContext, rnd: Round) -> None:
@@ -163,7 +184,7 @@ def select(ctx: RoundContext, rnd: Round) -> None:
         chosen += [(i, None, None, None) for i in ctx.readable(shuffled, k)]
         diagnostics["strategy"] = plan.cold_start
     else:
-        chosen = _choose(ctx, plan, pool, pinned, rest, k, rng, diagnostics)
+        chosen = _choose(ctx, rnd, plan, pool, (pinned, rest, k), rng, diagnostics)
     base = len(selected)
     for j, (item, item_score, pred, conf) in enumerate(chosen):
         selected.append(SelectedItem(base + j, item, "train", item_score, pred, conf))
@@ -183,14 +204,14 @@ def select(ctx: RoundContext, rnd: Round) -> None:
 
 def _choose(
     ctx: RoundContext,
+    rnd: Round,
     plan: RoundPlan,
     pool: ScoredPool,
-    pinned: list[str],
-    rest: list[str],
-    k: int,
+    split: tuple[list[str], list[str], int],
     rng: np.random.Generator,
     diagnostics: dict[str, object],
 ) -> list[Pick]:
+    pinned, rest, k = split
     strategy = plan.strategy_for(pool.trained)
     out: PoolOutputs = pool.outputs
     pos = {item: j for j, item in enumerate(out.ids or [])}
@@ -202,6 +223,20 @@ def _choose(
     diagnostics["select_seconds"] = round(time.perf_counter() - t1, 3)
     diagnostics["strategy"] = sel.strategy
     diagnostics.update(report.score_diagnostics(strategy, sub, sel))
+    scores = diagnostics.get("pool_scores")
+    if isinstance(scores, np.ndarray) and pool.trained:
+        labeled = None if pool.labeled is None else item_scores(strategy, pool.labeled)
+        diagnostics.update(
+            insight.round_checks(
+                ctx.round_dir(rnd.round),
+                ctx.cfg.rounds_dir / f"{rnd.round - 1:04d}",
+                list(sub.ids or []),
+                scores,
+                labeled,
+                sel.strategy,
+                k,
+            )
+        )
     chosen = picks(out, pin_rows, rest_rows, sel, ctx.classes)
     if not pool.trained:
         # An untrained model's guesses are noise: no prelabel rather than a wrong one.
@@ -255,7 +290,7 @@ def push(ctx: RoundContext, rnd: Round) -> None:
     ctx.state.set_phase(rnd.round, Phase.WAIT, metrics={"pushed": total})
     finished = ctx.state.get_round(rnd.round)
     assert finished is not None
-    report.write_round_report(ctx.round_dir(rnd.round), finished, done, total)
+    report.write_round_report(ctx.round_dir(rnd.round), finished, done, total, plot=ctx.plots)
     log.info(
         "round %d (%s): %d tasks in Label Studio; waiting for labels", rnd.round, version, total
     )

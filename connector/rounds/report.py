@@ -17,10 +17,16 @@ from typing import Any
 import numpy as np
 
 from connector.files import atomic_write_text
+from connector.rounds import plots, report_sections, stopping
+from connector.settings import StoppingSettings
 from connector.state import PHASE_ORDER, Round, SelectedItem, StateDB, iso, utcnow
 from strategies import PoolOutputs, Selection, Strategy, item_scores
 
 log = logging.getLogger(__name__)
+
+#: Meta key: the random baseline's learning curve, JSON ``[[training labels, accuracy],
+#: ...]``, written by whoever runs one next to the rounds (the demo).
+RANDOM_BASELINE = "random_baseline"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -52,7 +58,12 @@ def score_diagnostics(strategy: Strategy, pool: PoolOutputs, sel: Selection) -> 
     if scores is not None and scores.shape == (pool.n,):
         counts, edges = np.histogram(scores, bins=20)
         chosen = scores[sel.indices] if len(sel) else np.empty(0)
-        out["score_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist()}
+        chosen_counts, _ = np.histogram(chosen, bins=edges)
+        out["score_histogram"] = {
+            "counts": counts.tolist(),
+            "chosen_counts": chosen_counts.tolist(),
+            "edges": edges.tolist(),
+        }
         out["score_mean_pool"] = float(scores.mean())
         out["score_mean_selected"] = float(chosen.mean()) if chosen.size else None
         # Where the chosen items sit among all candidates (1.0 = the very top).
@@ -90,11 +101,20 @@ def write_selection(
     pool_scores = diagnostics.get("pool_scores")
     if plot and pool_scores is not None:
         chosen = [s.score for s in selected if s.score is not None]
-        _plot_scores(round_dir / "scores.png", np.asarray(pool_scores), chosen, rnd)
+        plots.scores(
+            round_dir / "scores.png",
+            np.asarray(pool_scores),
+            chosen,
+            f"round {rnd.round}",
+            f"acquisition score ({rnd.strategy})",
+        )
 
 
-def write_round_report(round_dir: Path, rnd: Round, done: int, total: int) -> None:
-    """``metrics.json`` (everything the round measured) and ``report.md`` (for people)."""
+def write_round_report(
+    round_dir: Path, rnd: Round, done: int, total: int, *, plot: bool = True
+) -> None:
+    """``metrics.json`` (everything the round measured), ``report.md`` (for people) and
+    ``confusion.png``."""
     write_json(
         round_dir / "metrics.json",
         {
@@ -143,30 +163,34 @@ def write_round_report(round_dir: Path, rnd: Round, done: int, total: int) -> No
             f"- pool mean confidence: {sel['pool_mean_confidence']:.3f} (rising and "
             "flattening: more labels buy little)"
         )
+    lines += report_sections.validation(val)
+    lines += report_sections.checks(sel)
+    if plot and val.get("confusion") and val.get("classes"):
+        plots.confusion(
+            round_dir / "confusion.png",
+            val["confusion"],
+            val["classes"],
+            f"round {rnd.round}: validation split",
+        )
+        lines += ["", "Plots: `scores.png` (chosen items in red), `confusion.png`."]
+    stop = rnd.metrics.get("stopped")
+    if stop:
+        lines += [
+            "",
+            f"## Stopped by {stop['criterion']}",
+            "",
+            f"{stop['message']}",
+            "",
+            "Figures: " + ", ".join(f"{k} {v}" for k, v in stop["figures"].items()),
+        ]
     atomic_write_text(round_dir / "report.md", "\n".join(lines) + "\n")
 
 
-def _plot_scores(path: Path, scores: np.ndarray, chosen: list[float], rnd: Round) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(scores, bins=40, color="#8da0cb", label=f"candidates (n={scores.size})")
-    if chosen:
-        ax.hist(chosen, bins=40, color="#fc8d62", alpha=0.8, label=f"selected (n={len(chosen)})")
-    ax.set_xlabel(f"acquisition score ({rnd.strategy})")
-    ax.set_ylabel("items")
-    ax.set_title(f"round {rnd.round}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def summarise(state: StateDB, rounds_dir: Path) -> dict[str, Any]:
-    """All rounds' figures, written to ``rounds/report.json`` and a learning curve PNG."""
+def summarise(
+    state: StateDB, rounds_dir: Path, stopping_cfg: StoppingSettings | None = None
+) -> dict[str, Any]:
+    """All rounds' figures and the stopping state (the criteria's figures when
+    ``stopping_cfg`` is given), written to ``rounds/report.json``, and a learning curve."""
     rows = []
     for rnd in state.rounds():
         val = rnd.metrics.get("validation") or {}
@@ -186,45 +210,19 @@ def summarise(state: StateDB, rounds_dir: Path) -> dict[str, Any]:
                 ),
             }
         )
-    summary = {"rounds": rows, "stopping": stopping_signals(rows)}
-    write_json(rounds_dir / "report.json", summary)
+    summary: dict[str, Any] = {"rounds": rows, "stopping": stopping.state_of(stopping_cfg, state)}
     points: list[tuple[int, float]] = [
         (int(r["n_train"]), float(r["validation_accuracy"]))
         for r in rows
         if r["n_train"] and r["validation_accuracy"] is not None
     ]
+    raw = state.get_meta(RANDOM_BASELINE)
+    baseline = [(int(n), float(a)) for n, a in json.loads(raw)] if raw else []
+    summary["random_baseline"] = baseline
+    write_json(rounds_dir / "report.json", summary)
     if len(points) >= 2:
-        _plot_curve(rounds_dir / "learning_curve.png", points)
+        plots.learning_curve(rounds_dir / "learning_curve.png", points, baseline)
     return summary
-
-
-def stopping_signals(rows: list[dict[str, Any]], window: int = 3, tol: float = 0.005) -> dict:
-    """Plateau of validation accuracy over the last ``window`` rounds (gain < ``tol``)."""
-    acc = [r["validation_accuracy"] for r in rows if r.get("validation_accuracy") is not None]
-    out: dict[str, Any] = {"rounds_with_accuracy": len(acc)}
-    if len(acc) > window:
-        gain = acc[-1] - max(acc[-window - 1 : -1])
-        out["recent_gain"] = gain
-        out["plateau"] = bool(gain < tol)
-    return out
-
-
-def _plot_curve(path: Path, points: list[tuple[int, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs, ys = zip(*points, strict=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(xs, ys, marker="o")
-    ax.set_xlabel("training labels")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("learning curve (random validation split)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def describe_round(state: StateDB, rnd: Round, rounds_dir: Path) -> dict[str, Any]:

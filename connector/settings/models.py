@@ -181,6 +181,13 @@ class ValidationSettings(_Section):
 
 
 class RoundSettings(_Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_rounds" in data:
+            raise ValueError("rounds.max_rounds is now stopping.max_rounds; move it to [stopping]")
+        return data
+
     min_labeled_fraction: float = Field(
         0.8,
         gt=0.0,
@@ -190,7 +197,6 @@ class RoundSettings(_Section):
     interval_minutes: float | None = Field(
         None, gt=0, description="Also start a round on this schedule, if anything is new."
     )
-    max_rounds: int | None = Field(None, ge=1, description="Stop after this many rounds.")
     min_new_labels: int = Field(1, ge=0, description="Labels needed since the last round.")
     max_phase_attempts: int = Field(
         5,
@@ -205,6 +211,46 @@ class RoundSettings(_Section):
         description="Wait before the 2nd attempt of a failed phase; doubles each attempt "
         "(capped at 30 min).",
     )
+
+
+class StoppingSettings(_Section):
+    """When to stop pushing batches (``rounds.stopping``). Unset criteria never fire."""
+
+    max_rounds: int | None = Field(None, ge=1, description="Stop after this many rounds.")
+    max_labels: int | None = Field(
+        None, ge=1, description="Stop once this many items are labeled (validation included)."
+    )
+    target_accuracy: float | None = Field(
+        None, description="Stop once validation accuracy reaches this fraction (0.95 = 95 %)."
+    )
+    plateau_rounds: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Stop when the last this-many trained rounds did not beat the best "
+        "validation accuracy before them by plateau_min_gain.",
+    )
+    plateau_min_gain: float = Field(
+        0.005, description="Accuracy gain that counts as progress (0.005 = half a point)."
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> StoppingSettings:
+        acc = self.target_accuracy
+        if acc is not None and not 0.0 < acc <= 1.0:
+            hint = f"; {acc:g} % is {acc / 100:g}" if 1.0 < acc <= 100.0 else ""
+            raise ValueError(
+                f"stopping.target_accuracy {acc:g} is not a fraction in (0, 1]{hint}: "
+                "set e.g. 0.95 for 95 %, or leave it unset"
+            )
+        gain = self.plateau_min_gain
+        if not 0.0 <= gain < 1.0:
+            hint = f"; {gain:g} points is {gain / 100:g}" if 1.0 <= gain <= 100.0 else ""
+            raise ValueError(
+                f"stopping.plateau_min_gain {gain:g} is not an accuracy gain in [0, 1){hint}: "
+                "set e.g. 0.005 for half a point"
+            )
+        return self
 
 
 class PollingSettings(_Section):
@@ -281,10 +327,22 @@ class Settings(BaseModel):
     strategy: StrategySettings = Field(default_factory=StrategySettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     rounds: RoundSettings = Field(default_factory=RoundSettings)
+    stopping: StoppingSettings = Field(default_factory=StoppingSettings)
     polling: PollingSettings = Field(default_factory=PollingSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _stopping_fits(self) -> Settings:
+        budget = self.stopping.max_labels
+        if budget is not None and budget <= self.validation.size:
+            raise ValueError(
+                f"stopping.max_labels {budget} is not more than validation.size "
+                f"{self.validation.size}: the validation split alone would stop every round "
+                "before the first training; raise stopping.max_labels or lower validation.size"
+            )
+        return self
 
     # Paths: relative ones are resolved against the settings file's folder.
     def rounds_dir(self) -> Path:

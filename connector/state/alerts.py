@@ -131,6 +131,13 @@ class AlertQueries(Database):
             "SELECT * FROM alerts WHERE notify_count = 0 OR retry_notifiers != '[]' ORDER BY id"
         )
 
+    def open_alerts(self, limit: int = 10) -> tuple[dict[str, int], list[sqlite3.Row]]:
+        """Open alerts by kind, and the ``limit`` newest open ones, for ``status``."""
+        newest = self.query(
+            "SELECT * FROM alerts WHERE resolved_at IS NULL ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return self.open_alert_counts(), newest
+
     def open_alert_counts(self) -> dict[str, int]:
         rows = self.query(
             "SELECT kind, COUNT(*) AS n FROM alerts WHERE resolved_at IS NULL GROUP BY kind"

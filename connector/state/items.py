@@ -58,6 +58,14 @@ class ItemQueries(Database):
             counts[row["status"]] = row["n"]
         return counts
 
+    def queue_age(self) -> tuple[int, str | None]:
+        """``(tasks queued, when the oldest of them was queued)``: how long annotators
+        have left the queue's head waiting."""
+        row = self.query(
+            "SELECT COUNT(*) AS n, MIN(queued_at) AS oldest FROM items WHERE status = 'queued'"
+        )[0]
+        return int(row["n"]), row["oldest"]
+
     def iter_candidate_ids(self, batch: int = 10_000) -> Iterator[str]:
         """Ids of items a strategy may choose: discovered (never queued) or missing (their
         task was deleted in Label Studio), not excluded.

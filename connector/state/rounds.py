@@ -87,6 +87,30 @@ class RoundQueries(Database):
                 (phase.value, error, iso(utcnow()), number),
             )
 
+    def stop_round(self, number: int, meta_key: str, record: dict[str, Any]) -> bool:
+        """A stopping criterion fired: the round goes to STOPPED, the stop ``record`` is
+        kept in the round's metrics and under ``meta_key``, and a ``stopped`` alert is
+        raised, in one transaction. True if the alert is new."""
+        now = iso(utcnow())
+        with self.tx() as c:
+            self.set_meta(meta_key, json.dumps(record, sort_keys=True), conn=c)
+            self._merge_round_metrics(c, number, lambda _: {"stopped": record})
+            c.execute(
+                "UPDATE rounds SET phase = 'STOPPED', phase_at = ?, retry_at = NULL "
+                "WHERE round = ?",
+                (now, number),
+            )
+            return self._insert_alert(
+                c,
+                "stopped",
+                f"stopped:r{number}:{record['criterion']}:{record['at']}",
+                str(record["message"]),
+                severity="warning",
+                item_id=None,
+                round_number=number,
+                at=now,
+            )
+
     def resume_failed(self, number: int) -> Phase | None:
         """Put a FAILED round back at the phase it failed in, with a fresh attempt budget.
         Returns that phase, or None if the round is not FAILED."""

@@ -15,7 +15,8 @@ from typing import Any
 
 
 class Phase(str, Enum):
-    """The phases of a round, in order. A round is DONE once the next one starts."""
+    """The phases of a round, in order. A round is DONE once the next one starts; FAILED
+    and STOPPED are the two ways out."""
 
     INGEST = "INGEST"
     TRAIN = "TRAIN"
@@ -25,6 +26,8 @@ class Phase(str, Enum):
     WAIT = "WAIT"
     DONE = "DONE"
     FAILED = "FAILED"
+    #: A stopping criterion fired (``rounds.stopping``); ``round resume`` lifts it.
+    STOPPED = "STOPPED"
 
 
 PHASE_ORDER = [Phase.INGEST, Phase.TRAIN, Phase.SCORE, Phase.SELECT, Phase.PUSH, Phase.WAIT]
