@@ -288,11 +288,11 @@ def check_everything(db: StateDB, adapter: LabelStudioAdapter, project_id: int) 
                 mismatches.append(f"round {rnd.round}: {sel.item_id} was never pushed")
                 continue
             task = found[0]
-            pred = _get(task.predictions[0])
+            preds = [_get(p) for p in task.predictions or []]  # none: counted above
             if (
                 task.data["al_round"] != rnd.round
                 or task.data["al_priority"] != sel.rank
-                or abs(float(pred["score"]) - priority_score(sel.rank)) > 1e-9
+                or any(abs(float(p["score"]) - priority_score(sel.rank)) > 1e-9 for p in preds)
             ):
                 mismatches.append(f"round {rnd.round}: {sel.item_id} pushed differently")
     return {
