@@ -24,6 +24,11 @@ class BadCommand(ConnectorError):
     journaled or changed."""
 
 
+class CheckpointError(ConnectorError):
+    """A model checkpoint cannot be read (partial or truncated file): it is never loaded,
+    and the round that wrote it trains again."""
+
+
 class BadItem(ConnectorError):
     """One pool item cannot be used (corrupt, missing, not an image); it is quarantined."""
 

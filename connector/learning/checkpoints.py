@@ -3,6 +3,12 @@
 A checkpoint is a ``torch.save`` of plain containers, read back with
 ``torch.load(weights_only=True)``: loading one never runs pickled code. It holds every
 weight, so a model is rebuilt from it without fetching pretrained weights.
+
+Crash safety: a checkpoint is written atomically (temporary file, fsync, rename), so a
+training run that dies leaves the previous file, or none, never half of one. A file that
+is partial anyway (copied while written, a full disk under a non-atomic copy) fails
+torch's zip checks and raises ``CheckpointError``: it is never loaded, and the SCORE
+phase sends its round back to TRAIN (``rounds.phases.score``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 
 import torch
 
-from connector.contracts.errors import ConfigError
+from connector.contracts.errors import CheckpointError, ConfigError
 from connector.files import atomic_write, atomic_write_text
 from connector.learning.model import Classifier, ModelSpec, build_model
 from connector.learning.trained import TrainedModel
@@ -69,8 +75,12 @@ def _load_payload(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = json.loads(payload["meta"])
         tensors = payload["tensors"]
     except Exception as exc:
-        raise ConfigError(
-            f"{path} is not a readable al-connector checkpoint ({type(exc).__name__}: {exc})"
+        # Truncated or partial: torch's zip reader checks the archive's directory and
+        # every record's CRC, so no prefix of a checkpoint loads.
+        raise CheckpointError(
+            f"{path} is not a readable al-connector checkpoint ({type(exc).__name__}: "
+            f"{exc}); the round that wrote it trains again (`al-connector run`), or delete "
+            "the file"
         ) from None
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(

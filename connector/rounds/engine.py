@@ -86,18 +86,24 @@ class RoundEngine:
 
     # -------------------------------------------------------------- polling jobs
     def poll_labels(self) -> dict[str, int]:
-        """Ingest annotations changed since the watermark (minus the overlap window)."""
+        """Ingest annotations changed since the watermark (minus the overlap window).
+
+        The poll job and the round job poll from two threads: the ticket, taken before
+        anything is read, lets the state db drop a poll whose reads are older than an
+        already applied one (``StateDB.apply_poll``); states and watermark commit together.
+        """
+        ticket = self.state.take_poll_ticket()
         stored = parse_iso(self.state.get_meta(LS_WATERMARK))
         since = None
         if stored is not None:
             since = stored - timedelta(seconds=self.cfg.overlap_seconds)
         result = self.ports.labeling.poll(since)
-        changed = self.state.apply_label_states(result.states)
-        # Never move the watermark back: an idle poll may answer with the (overlapped)
-        # ``since``, and polls must not grow more expensive over time.
-        mark = result.watermark
-        if mark is not None and (stored is None or mark > stored):
-            self.state.set_meta(LS_WATERMARK, iso(mark) or "")
+        changed = self.state.apply_poll(
+            result.states, ticket=ticket, watermark_key=LS_WATERMARK, watermark=result.watermark
+        )
+        if changed is None:
+            log.info("a newer poll was applied first; dropped this one's older reads")
+            return {}
         if changed:
             log.info("ingested %s from %d changed tasks", changed, len(result.states))
         return changed

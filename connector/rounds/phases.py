@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from connector.contracts.errors import CheckpointError
 from connector.contracts.ports import TaskToPush
 from connector.rounds import insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
@@ -106,7 +107,14 @@ def score(ctx: RoundContext, rnd: Round) -> None:
     strategy = plan.strategy_for(trained)
     model = None
     if trained:
-        model = ctx.learner.load(ctx.round_dir(rnd.round) / "model.pt")
+        try:
+            model = ctx.learner.load(ctx.round_dir(rnd.round) / "model.pt")
+        except CheckpointError as exc:
+            # Never score with part of a model: train again; Label Studio keeps showing
+            # the previous round's predictions meanwhile (its model version moves at PUSH).
+            log.warning("round %d: %s; training again", rnd.round, exc)
+            ctx.state.set_phase(rnd.round, Phase.TRAIN)
+            return
     elif strategy.needs_embeddings:
         # Embeddings of the initial model: pretrained when the user gave weights.
         model = ctx.learner.init_model(ctx.classes, seed=ctx.cfg.seed)

@@ -14,11 +14,25 @@ An item's lifecycle (one row in ``items``)::
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 
 from connector.contracts.ports import ObjectInfo, TaskLabelState
 from connector.state.base import Database
-from connector.state.schema import DONE_STATUSES, ITEM_STATUSES, Item, iso, row_to_item, utcnow
+from connector.state.schema import (
+    DONE_STATUSES,
+    ITEM_STATUSES,
+    Item,
+    iso,
+    parse_iso,
+    row_to_item,
+    utcnow,
+)
+
+#: Meta keys of the poll tickets: the last one handed out, the newest one applied.
+POLL_TICKET = "ls_poll_ticket"
+POLL_APPLIED = "ls_poll_applied"
 
 
 class ItemQueries(Database):
@@ -121,71 +135,121 @@ class ItemQueries(Database):
                 ).rowcount
         return n
 
+    def take_poll_ticket(self) -> int:
+        """A number for a poll about to read Label Studio, larger than any before it.
+
+        Take it before reading the watermark; ``apply_poll`` uses it to tell a poll's reads
+        apart from those of a poll that started later (see there).
+        """
+        with self.tx() as c:
+            ticket = int(self._meta_in(c, POLL_TICKET) or 0) + 1
+            self.set_meta(POLL_TICKET, str(ticket), conn=c)
+        return ticket
+
+    def apply_poll(
+        self,
+        states: Iterable[TaskLabelState],
+        *,
+        ticket: int,
+        watermark_key: str,
+        watermark: datetime | None,
+    ) -> dict[str, int] | None:
+        """Apply one poll's states and advance its watermark, in one transaction.
+
+        Returns None, changing nothing, when a poll with a larger ticket was applied
+        first: this one read Label Studio earlier, so a state it holds may predate an
+        annotation the newer poll already ingested. Writing it back would flip the item
+        to ``queued`` (lost once the watermark passes the annotation) or count the
+        annotation twice when a later poll re-reads it. Dropping the whole stale poll
+        loses nothing: its watermark is dropped with it, so every task it saw changed is
+        read again by the next poll. The watermark only moves forward, compared inside
+        the transaction so two pollers cannot move it back.
+        """
+        with self.tx() as c:
+            if int(self._meta_in(c, POLL_APPLIED) or 0) > ticket:
+                return None
+            self.set_meta(POLL_APPLIED, str(ticket), conn=c)
+            changed = self._apply_states(c, states)
+            stored = parse_iso(self._meta_in(c, watermark_key) or None)
+            if watermark is not None and (stored is None or watermark > stored):
+                self.set_meta(watermark_key, iso(watermark) or "", conn=c)
+        return changed
+
+    @staticmethod
+    def _meta_in(c: sqlite3.Connection, key: str) -> str | None:
+        row = c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
     def apply_label_states(self, states: Iterable[TaskLabelState]) -> dict[str, int]:
         """Apply polled task states; idempotent, so an overlap window costs nothing.
 
         Returns counts of what changed, by new status. A state equal to what is stored
         changes nothing and writes no history.
         """
+        with self.tx() as c:
+            return self._apply_states(c, states)
+
+    def _apply_states(
+        self, c: sqlite3.Connection, states: Iterable[TaskLabelState]
+    ) -> dict[str, int]:
         changed: dict[str, int] = {}
         now = iso(utcnow())
-        with self.tx() as c:
-            for st in states:
-                row = c.execute(
-                    "SELECT status, label, annotation_id, task_id FROM items WHERE item_id = ?",
-                    (st.item_id,),
-                ).fetchone()
-                if row is None:
-                    # A task for an item this db never saw (e.g. a db restored from backup):
-                    # record it so it is never pushed again.
-                    c.execute(
-                        "INSERT INTO items (item_id, discovered_at, updated_at, status, task_id)"
-                        " VALUES (?, ?, ?, 'queued', ?)",
-                        (st.item_id, now, now, st.task_id),
-                    )
-                    row = {
-                        "status": "queued",
-                        "label": None,
-                        "annotation_id": None,
-                        "task_id": st.task_id,
-                    }
-                if row["status"] in ("excluded", "corrupt") and st.status == "unlabeled":
-                    continue
-                new_status = "queued" if st.status == "unlabeled" else st.status
-                same = (
-                    row["status"] == new_status
-                    and row["label"] == st.label
-                    and row["annotation_id"] == st.annotation_id
-                    and row["task_id"] == st.task_id
-                )
-                if same:
-                    continue
-                done_at = now if new_status in DONE_STATUSES else None
+        for st in states:
+            row = c.execute(
+                "SELECT status, label, annotation_id, task_id FROM items WHERE item_id = ?",
+                (st.item_id,),
+            ).fetchone()
+            if row is None:
+                # A task for an item this db never saw (e.g. a db restored from backup):
+                # record it so it is never pushed again.
                 c.execute(
-                    "UPDATE items SET status = ?, label = ?, annotation_id = ?, annotator = ?, "
-                    "reason = ?, task_id = ?, done_at = ?, updated_at = ? WHERE item_id = ?",
-                    (
-                        new_status,
-                        st.label,
-                        st.annotation_id,
-                        st.annotator,
-                        st.reason,
-                        st.task_id,
-                        done_at,
-                        now,
-                        st.item_id,
-                    ),
+                    "INSERT INTO items (item_id, discovered_at, updated_at, status, task_id)"
+                    " VALUES (?, ?, ?, 'queued', ?)",
+                    (st.item_id, now, now, st.task_id),
                 )
-                self._item_event(
-                    c,
-                    st.item_id,
-                    st.status,
+                row = {
+                    "status": "queued",
+                    "label": None,
+                    "annotation_id": None,
+                    "task_id": st.task_id,
+                }
+            if row["status"] in ("excluded", "corrupt") and st.status == "unlabeled":
+                continue
+            new_status = "queued" if st.status == "unlabeled" else st.status
+            same = (
+                row["status"] == new_status
+                and row["label"] == st.label
+                and row["annotation_id"] == st.annotation_id
+                and row["task_id"] == st.task_id
+            )
+            if same:
+                continue
+            done_at = now if new_status in DONE_STATUSES else None
+            c.execute(
+                "UPDATE items SET status = ?, label = ?, annotation_id = ?, annotator = ?, "
+                "reason = ?, task_id = ?, done_at = ?, updated_at = ? WHERE item_id = ?",
+                (
+                    new_status,
+                    st.label,
+                    st.annotation_id,
+                    st.annotator,
+                    st.reason,
+                    st.task_id,
+                    done_at,
                     now,
-                    task_id=st.task_id,
-                    label=st.label,
-                    annotation_id=st.annotation_id,
-                    annotator=st.annotator,
-                    reason=st.reason,
-                )
-                changed[st.status] = changed.get(st.status, 0) + 1
+                    st.item_id,
+                ),
+            )
+            self._item_event(
+                c,
+                st.item_id,
+                st.status,
+                now,
+                task_id=st.task_id,
+                label=st.label,
+                annotation_id=st.annotation_id,
+                annotator=st.annotator,
+                reason=st.reason,
+            )
+            changed[st.status] = changed.get(st.status, 0) + 1
         return changed

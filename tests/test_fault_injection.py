@@ -1,0 +1,313 @@
+"""Crash safety, as a test (issue 13): SIGKILL the daemon in every phase, restart it,
+and check every task and annotation in Label Studio against the state db at the end.
+
+``al-connector run`` runs as a child process against the session's real Label Studio and
+S3 servers (tests/fixtures), on a small pool with small batches and a tiny import chunk,
+so a push is many requests. The killer reads the running phase from the state db and
+sends SIGKILL once the phase it wants is running (a random few ms in, so a kill in PUSH
+lands inside an import request), never twice in a row in the same phase; after each
+kill the daemon starts again. Meanwhile an annotator thread labels (and now and then
+skips) open tasks through the Label Studio API from ground truth.
+
+At the end (one last, graceful run lets everything settle): 0 tasks imported twice, 0
+tasks without a prediction, 0 annotations lost or counted twice, 0 items stuck, and
+every frozen selection pushed as it was. The figures are printed (run with ``-s``) and
+recorded in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.labelstudio.adapter import LabelStudioAdapter
+from connector.labelstudio.query import priority_score
+from connector.state import StateDB
+from tests.fixtures.s3 import upload_digits, write_server_settings
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.s3, pytest.mark.slow]
+
+PHASES = ("INGEST", "TRAIN", "SCORE", "SELECT", "PUSH", "WAIT")
+MIN_PER_PHASE = 3
+MIN_KILLS = 30
+MAX_PER_PHASE = 7
+#: The killing stops here even if a quota is short (the test then fails, naming it).
+KILL_BUDGET_S = 420.0
+POOL_SIZE = 120
+
+SETTINGS = """
+[strategy]
+name = "margin"
+batch_size = 10
+
+[model]
+image_size = 16
+epochs = 2
+
+[rounds]
+min_labeled_fraction = 0.6
+retry_backoff_seconds = 0
+
+[polling]
+label_studio_seconds = 1
+storage_seconds = 60
+watch_seconds = 5
+overlap_seconds = 2
+"""
+
+
+class Annotator(threading.Thread):
+    """Labels open tasks one by one from ground truth (every 7th is skipped)."""
+
+    def __init__(self, adapter: LabelStudioAdapter, truth: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.adapter, self.truth = adapter, truth
+        self.stop = threading.Event()
+        self.done = 0
+        self.errors = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                open_tasks = self.adapter.open_tasks()
+                for item_id, task_id in open_tasks[:3]:
+                    if self.done % 7 == 6:
+                        self.adapter.skip_task(task_id)
+                    else:
+                        self.adapter.annotate_task(task_id, self.truth[item_id])
+                    self.done += 1
+            except Exception:  # Label Studio is busy with an import: try again
+                self.errors += 1
+            self.stop.wait(0.4)
+
+
+class Connector:
+    """``al-connector run`` as a child process, started and killed by the test."""
+
+    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+        self.config, self.env, self.log = config, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        code = "import sys; from connector.cli import main; sys.exit(main())"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, "run", "--config", str(self.config)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def progress(line: str) -> None:
+    """A line on stderr as the test goes (``-s`` shows it): where a slow run spends time."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def phase_of(db: StateDB) -> str | None:
+    rnd = db.current_round()
+    return None if rnd is None else rnd.phase.value
+
+
+def position(db: StateDB) -> tuple[int, int] | None:
+    """``(round, index of its phase in PHASES)`` of the running phase, or None."""
+    rnd = db.current_round()
+    if rnd is None or rnd.phase.value not in PHASES:
+        return None
+    return rnd.round, PHASES.index(rnd.phase.value)
+
+
+@contextmanager
+def running(connector: Connector) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if connector.proc is not None and connector.proc.poll() is None:
+            connector.kill()
+
+
+def test_sigkill_in_every_phase_loses_nothing(
+    tmp_path: Path,
+    label_studio: Any,
+    s3_server: str,
+    s3_client: Any,
+    s3_bucket: str,
+    digits_dir: Any,
+) -> None:
+    t_start = time.monotonic()
+    keys = upload_digits(s3_client, s3_bucket, "pool/", digits_dir, limit=POOL_SIZE)
+    truth = {img.key: img.label for img in digits_dir[1] if img.key in set(keys)}
+    config = write_server_settings(
+        tmp_path, label_studio.url, s3_server, s3_bucket, title="alc-fault", extra=SETTINGS
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        "ALC_LABEL_STUDIO__TOKEN": label_studio.legacy_token,
+        "ALC_LABEL_STUDIO__IMPORT_CHUNK_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    connector = Connector(config, env, tmp_path / "connector.log")
+    rng = random.Random(13)
+    kills: Counter[str] = Counter()
+    with running(connector):
+        connector.start()
+        db_path = tmp_path / "state" / "state.db"
+        deadline = time.monotonic() + 120
+        while not db_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        db = StateDB(db_path)
+        while db.get_meta("label_studio_project_id") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        project_id = int(db.get_meta("label_studio_project_id") or 0)
+        assert project_id, (tmp_path / "connector.log").read_text()[-3000:]
+        adapter = LabelStudioAdapter(
+            label_studio.url, label_studio.legacy_token, project_id, retry_attempts=2
+        )
+        annotator = Annotator(adapter, truth)
+        annotator.start()
+        last = (-1, 0)
+        kill_deadline = time.monotonic() + KILL_BUDGET_S
+        while time.monotonic() < kill_deadline:
+            if sum(kills.values()) >= MIN_KILLS and all(kills[p] >= MIN_PER_PHASE for p in PHASES):
+                break
+            at = position(db)
+            # Only forward: a kill in SELECT resumes in SCORE, so "any other phase" would
+            # ping-pong between the two and never reach PUSH.
+            if at is None or at <= last or kills[PHASES[at[1]]] >= MAX_PER_PHASE:
+                assert connector.proc is not None and connector.proc.poll() is None, (
+                    tmp_path / "connector.log"
+                ).read_text()[-3000:]
+                time.sleep(0.01)
+                continue
+            time.sleep(rng.uniform(0.0, 0.05))  # a few ms into the phase
+            at = position(db) or at  # the phase the kill lands in
+            connector.kill()
+            phase = PHASES[at[1]]
+            kills[phase] += 1
+            last = at
+            progress(f"{time.monotonic() - t_start:6.1f}s kill {sum(kills.values())} in {phase}")
+            connector.start()
+        kill_seconds = time.monotonic() - t_start
+        # Let the last round settle: labels polled, the round WAITing, then stop gracefully.
+        settle = time.monotonic() + 60
+        while phase_of(db) != "WAIT" and time.monotonic() < settle:
+            time.sleep(0.2)
+        annotator.stop.set()
+        annotator.join(timeout=30)
+        time.sleep(3)  # a few poll cycles after the last annotation
+        connector.terminate()
+
+    figures = check_everything(db, adapter, project_id)
+    figures.update(
+        kills_per_phase=dict(kills),
+        kills=sum(kills.values()),
+        restarts=connector.starts - 1,
+        annotations_made=annotator.done,
+        seconds=round(time.monotonic() - t_start, 1),
+        kill_seconds=round(kill_seconds, 1),
+    )
+    print("\nfault injection:", figures)
+    assert all(kills[p] >= MIN_PER_PHASE for p in PHASES), kills
+    assert sum(kills.values()) >= MIN_KILLS, kills
+    assert figures["tasks_checked"] > 0
+    for name in ("duplicates", "lost", "double_counted", "stuck", "without_prediction"):
+        assert figures[name] == 0, figures
+    assert figures["selection_mismatches"] == 0, figures
+
+
+def check_everything(db: StateDB, adapter: LabelStudioAdapter, project_id: int) -> dict[str, Any]:
+    """Every task and annotation in Label Studio against the state db."""
+    fields = "id,data,annotations,result,was_cancelled,predictions,score,model_version"
+    tasks = list(adapter.ls.tasks_where([], size=100, fields=fields))
+    by_item: dict[str, list[Any]] = {}
+    for task in tasks:
+        by_item.setdefault(str(task.data["al_item_id"]), []).append(task)
+    duplicates = sum(len(t) - 1 for t in by_item.values())
+    without_prediction = sum(1 for t in tasks if not (t.predictions or []))
+    lost: list[str] = []
+    for item_id, (task, *_) in by_item.items():
+        item = db.item(item_id)
+        anns = [_get(a) for a in task.annotations or []]
+        finished = [a for a in anns if not a["was_cancelled"]]
+        expected = "labeled" if finished else ("skipped" if anns else "queued")
+        if item is None or item.status != expected or item.task_id != task.id:
+            lost.append(f"{item_id}: {expected} in Label Studio, {item} in the state db")
+        elif finished:
+            choice = finished[-1]["result"][0]["value"]["choices"][0]
+            if item.label != choice:
+                lost.append(f"{item_id}: {choice} in Label Studio, {item.label} in the state db")
+    events = Counter(
+        (r["item_id"], r["annotation_id"], r["status"])
+        for r in db.query(
+            "SELECT item_id, annotation_id, status FROM label_events "
+            "WHERE status IN ('labeled', 'skipped')"
+        )
+    )
+    double_counted = [k for k, n in events.items() if n > 1]
+    stuck = [
+        r["item_id"]
+        for r in db.query("SELECT item_id FROM items WHERE status = 'queued'")
+        if r["item_id"] not in by_item
+    ]
+    mismatches: list[str] = []
+    for rnd in db.rounds():
+        if rnd.phase.value not in ("WAIT", "DONE"):
+            stuck.append(f"round {rnd.round} in {rnd.phase.value}")
+        for sel in db.selection(rnd.round):
+            found = by_item.get(sel.item_id)
+            if not found:
+                mismatches.append(f"round {rnd.round}: {sel.item_id} was never pushed")
+                continue
+            task = found[0]
+            preds = [_get(p) for p in task.predictions or []]  # none: counted above
+            if (
+                task.data["al_round"] != rnd.round
+                or task.data["al_priority"] != sel.rank
+                or any(abs(float(p["score"]) - priority_score(sel.rank)) > 1e-9 for p in preds)
+            ):
+                mismatches.append(f"round {rnd.round}: {sel.item_id} pushed differently")
+    return {
+        "tasks_checked": len(tasks),
+        "annotations_checked": sum(len(t.annotations or []) for t in tasks),
+        "rounds": len(db.rounds()),
+        "duplicates": duplicates,
+        "lost": len(lost),
+        "double_counted": len(double_counted),
+        "stuck": len(stuck),
+        "without_prediction": without_prediction,
+        "selection_mismatches": len(mismatches),
+        "examples": (lost + [str(k) for k in double_counted] + stuck + mismatches)[:5],
+    }
+
+
+def _get(obj: Any) -> dict[str, Any]:
+    return obj if isinstance(obj, dict) else obj.model_dump()
