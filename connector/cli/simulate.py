@@ -89,7 +89,7 @@ def summary_table(result: dict[str, Any]) -> Table:
             name,
             f"{r['aubc_mean']:.4f}",
             f"{r['aubc_std']:.4f}",
-            f"{r['final_accuracy_mean']:.4f}",
+            f"{r['final_accuracy_mean']:.3f}",
             reach(90),
             reach(95),
             f"{r['select_seconds_mean']:.4f}",
