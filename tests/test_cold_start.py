@@ -1,6 +1,6 @@
 """A cold start, as a person meets it: ``al-connector --help`` and every subcommand's
-``--help`` load neither torch nor the SDKs (measured with ``python -X importtime``, in a
-fresh interpreter, as a terminal runs it)."""
+``--help`` load neither torch nor the SDKs, and ``status`` and ``check`` load no torch
+(measured with ``python -X importtime``, in a fresh interpreter, as a terminal runs it)."""
 
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[st
     return out
 
 
-def imported_modules(*args: str) -> set[str]:
-    """Top-level packages ``python -X importtime -m connector.cli ARGS`` imported."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def imported_modules(*args: str, code: str | None = None) -> set[str]:
+    """Top-level packages ``python -X importtime -m connector.cli ARGS`` imported (or
+    ``python -c CODE``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALC_CONFIG": ""}
+    run = ["-c", code] if code is not None else ["-m", "connector.cli", *args]
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "connector.cli", *args],
+        [sys.executable, "-X", "importtime", *run],
         capture_output=True,
         text=True,
         env=env,
@@ -53,3 +55,21 @@ def imported_modules(*args: str) -> set[str]:
 def test_help_imports_no_torch_and_no_sdk(command: tuple[str, ...]) -> None:
     heavy = imported_modules(*command, "--help") & set(HEAVY)
     assert not heavy, f"`al-connector {' '.join(command)} --help` imports {sorted(heavy)}"
+
+
+def test_status_imports_no_torch_and_no_sdk(tmp_path: Path) -> None:
+    from connector.state import StateDB
+
+    StateDB(tmp_path / "state" / "state.db").close()
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[state]\ndir = "{tmp_path / "state"}"\n')
+    heavy = imported_modules("status", "--config", str(config)) & set(HEAVY)
+    assert not heavy, f"`al-connector status` imports {sorted(heavy)}"
+
+
+def test_check_imports_no_torch() -> None:
+    """``check`` needs the SDK and boto3 to reach the services, and the strategy registry to
+    resolve the plan; not torch (the model is built by ``run``)."""
+    code = "import connector.cli.main, connector.rounds.plan, connector.app"
+    heavy = imported_modules(code=code) & {"torch", "torchvision"}
+    assert not heavy, f"`al-connector check` imports {sorted(heavy)}"
