@@ -1,18 +1,19 @@
 """Wiring: builds the ports, the learner and the engine from settings.
 
 Kept apart from ``cli`` so tests and the demo build the same objects the daemon runs.
+The Label Studio SDK and boto3 are imported when a port is opened, not with this module:
+``al-connector check`` answers at once and pays for each SDK when it reaches its service.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connector.contracts.errors import ConfigError
 from connector.contracts.learner import Learner
 from connector.contracts.ports import ProjectInfo
-from connector.labelstudio.adapter import LabelStudioAdapter
 from connector.labelstudio.config import image_classification_config
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
@@ -20,7 +21,11 @@ from connector.rounds.plan import resolve_plan
 from connector.settings import Settings
 from connector.state import StateDB
 from connector.storage.cache import LabeledCache
-from connector.storage.s3 import LocalStore, S3Store
+from connector.storage.local import LocalStore
+
+if TYPE_CHECKING:
+    from connector.labelstudio.adapter import LabelStudioAdapter
+    from connector.storage.s3 import S3Store
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,8 @@ PROJECT_META = "label_studio_project_id"
 def open_store(settings: Settings) -> S3Store | LocalStore:
     s = settings.storage
     if s.kind == "s3":
+        from connector.storage.s3 import S3Store
+
         assert s.bucket is not None  # validated by StorageSettings
         return S3Store(
             s.bucket,
@@ -53,6 +60,8 @@ def open_labeling(
     settings: Settings, state: StateDB | None = None
 ) -> tuple[LabelStudioAdapter, ProjectInfo]:
     """The Label Studio adapter on the configured project, created if needed."""
+    from connector.labelstudio.adapter import LabelStudioAdapter
+
     ls = settings.label_studio
     token = ls.resolved_token().get_secret_value()
     project_id = ls.project_id
@@ -85,6 +94,8 @@ def open_labeling(
 
 
 def _adapter(settings: Settings, token: str, project_id: int) -> LabelStudioAdapter:
+    from connector.labelstudio.adapter import LabelStudioAdapter
+
     ls = settings.label_studio
     return LabelStudioAdapter(
         ls.url,

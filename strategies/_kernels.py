@@ -11,10 +11,15 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that compute with it: importing the strategies (to
+# name, validate or list them: `al-connector status`, `check`, a plan) costs no torch.
 
 from strategies._common import CHUNK_ELEMENTS, check_scores, row_chunks
 
@@ -45,6 +50,8 @@ def torch_threads(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
         want = _TORCH_THREADS[0]
         before = torch.get_num_threads()
         if want is None or want == before:
@@ -92,6 +99,8 @@ def chunks(
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:
     """A zero-copy torch view of a numpy array (only ever read, never written)."""
+    import torch
+
     with warnings.catch_warnings():
         # torch warns that a read-only numpy array is not writable; it is only read here.
         warnings.simplefilter("ignore", UserWarning)
@@ -107,6 +116,8 @@ def neg_xlogx_rowsum(p_n_L: np.ndarray) -> np.ndarray:
     non-finite sum, and the caller raises on it. Each row is reduced on its own, so the
     result does not depend on how the pool was chunked.
     """
+    import torch
+
     t = as_tensor(p_n_L)
     buf = torch.log(t)
     buf.mul_(t)

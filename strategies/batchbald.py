@@ -34,14 +34,17 @@ Batch Acquisition for Deep Bayesian Active Learning", NeurIPS 2019 (arXiv:1906.0
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from strategies._common import check_rng, clip_k, empty_selection, top_k_order
 from strategies._kernels import check_probs_shape, neg_xlogx_rowsum, torch_threads
 from strategies.base import PoolOutputs, Selection
 from strategies.bayesian import bald
+
+if TYPE_CHECKING:
+    import torch
 
 #: Posterior weights and probabilities below this are flushed to 0 in the float32 matrix
 #: products: their products would be float32 denormals, which make the products ~50x
@@ -74,6 +77,8 @@ class _Joint:
         self._refresh()
 
     def _refresh(self) -> None:
+        import torch  # here, not at import: listing the strategies needs no torch
+
         w = np.exp(self.log_w_M_K)
         w32 = w.astype(np.float32)
         w32[w32 < FLUSH] = 0.0
@@ -189,6 +194,8 @@ class BatchBALD:
         with warnings.catch_warnings():
             # torch warns on read-only arrays; the pool is only read (index_select copies).
             warnings.simplefilter("ignore", UserWarning)
+            import torch
+
             probs_t = torch.from_numpy(probs)
         picked: list[int] = []
         gains: list[float] = []
@@ -233,6 +240,8 @@ class BatchBALD:
         probs_t: torch.Tensor,
     ) -> tuple[int, float, int]:
         """The alive candidate with the largest gain: (position, gain, evaluations)."""
+        import torch
+
         live = np.flatnonzero(alive)
         order = live[np.argsort(-bound_P[live], kind="stable")]
         best_j, best_gain = -1, -np.inf
@@ -259,6 +268,8 @@ class BatchBALD:
         All in torch: mixing numpy's BLAS threads with torch's on the same cores makes
         both spin against each other (observed: 20x slower on 2 cores).
         """
+        import torch
+
         n, n_k, n_c = cand_n_K_C.shape
         x_K_nC = cand_n_K_C.permute(1, 0, 2).to(torch.float32).reshape(n_k, n * n_c)
         x_K_nC = x_K_nC.masked_fill(x_K_nC < FLUSH, 0.0)

@@ -9,7 +9,6 @@ there is no disagreement to measure, use an uncertainty score instead.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from strategies._kernels import (
     as_tensor,
@@ -121,7 +120,7 @@ def kl_to_consensus(probs_N_K_C: np.ndarray, *, chunk_rows: int | None = None) -
     out = np.empty(n_all, dtype=np.float64)
     for sl, chunk in chunks(probs_N_K_C, chunk_rows):
         t = as_tensor(chunk)
-        tiny = torch.finfo(t.dtype).tiny
+        tiny = float(np.finfo(chunk.dtype).tiny)
         # Zeros lifted to the smallest normal float: their terms vanish (tiny * finite),
         # and p_k(c) = 0 whenever the consensus is 0, so no 0 * log 0 is left.
         log_p = t.clamp_min(tiny).log_()

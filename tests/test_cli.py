@@ -65,3 +65,49 @@ def test_bad_settings_exit_2_with_the_fix(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check", "--config", str(config)])
     assert result.exit_code == 2
     assert "ALC_STRATEGY__BATCH_SIZE" in result.output
+
+
+def test_status_without_state_names_the_config_option(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[state]\ndir = "{tmp_path / "state"}"\n')
+    result = CliRunner().invoke(main, ["status", "--config", str(config)], env={"ALC_CONFIG": ""})
+    assert result.exit_code == 1
+    assert "no state at" in result.output and "--config" in result.output, result.output
+
+
+def test_simulate_table_prints_accuracy_with_three_decimals() -> None:
+    from rich.console import Console
+
+    from connector.cli.simulate import summary_table
+
+    row = {
+        "strategy": "margin",
+        "aubc_mean": 0.81234,
+        "aubc_std": 0.01234,
+        "final_accuracy_mean": 0.912345,
+        "labels_to_90_mean": 40.0,
+        "labels_to_90_reached": 1,
+        "labels_to_95_mean": None,
+        "labels_to_95_reached": 0,
+        "n_seeds": 1,
+        "select_seconds_mean": 0.01,
+    }
+    console = Console(width=200, record=True)
+    console.print(summary_table({"summary": [row]}))
+    text = console.export_text()
+    assert "0.912" in text and "0.9123" not in text, text
+
+
+def test_demo_prints_its_stopping_signals_in_words() -> None:
+    from connector.devtools.demo import _describe_stopping
+
+    few = _describe_stopping({"rounds_with_accuracy": 2})
+    improving = _describe_stopping(
+        {"rounds_with_accuracy": 5, "recent_gain": 0.0123456, "plateau": False}
+    )
+    flat = _describe_stopping({"rounds_with_accuracy": 6, "recent_gain": 0.001, "plateau": True})
+    assert few == "too few rounds to judge a plateau (2 with a validation accuracy)"
+    assert improving.startswith("validation accuracy is still improving (+0.012 ")
+    assert flat.startswith("validation accuracy has plateaued")
+    for text in (few, improving, flat):
+        assert "{" not in text and "True" not in text and "_" not in text, text

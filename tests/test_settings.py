@@ -212,3 +212,25 @@ def test_only_the_loader_reads_the_environment() -> None:
         if re.search(r"^\s*(import os\b|from os\b)", path.read_text(), re.MULTILINE)
     )
     assert readers == ["loader.py"]
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        pytest.param("ALC_VALIDATION_SIZE", "ALC_VALIDATION__SIZE", id="one-underscore"),
+        pytest.param("ALC_VALDATION_SIZE", "ALC_VALIDATION__SIZE", id="misspelt-section"),
+        pytest.param("ALC_LABEL_STUDIO_TOKN", "ALC_LABEL_STUDIO__TOKEN", id="misspelt-key"),
+    ],
+)
+def test_a_variable_with_one_underscore_is_not_ignored(
+    tmp_path: Path, name: str, suggested: str
+) -> None:
+    """A setting written with ``_`` where ``__`` belongs would leave the default in place
+    without a word; it is named, with the real variable."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD), environ={name: "5", "ALC_TEST_LABEL_STUDIO_BIN": "x"})
+    message = str(err.value)
+    assert f"unknown setting {name}; did you mean {suggested}?" in message
+    assert "ALC_<SECTION>__<KEY>" in message
+    invented = set(re.findall(r"ALC_[A-Z_]+[A-Z]", message)) - env_variable_names() - {name}
+    assert not invented, f"the message names variables that do not exist: {invented}"

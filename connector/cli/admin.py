@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from connector.cli.main import _load, config_option
+from connector.cli.main import _load, config_option, no_state
 from connector.contracts.errors import BadCommand
 from connector.settings import Settings
 from connector.state import StateDB
@@ -38,7 +38,7 @@ def open_state(settings: Settings, *, create: bool = False) -> StateDB:
     """The state db; without ``create``, a missing one is an error naming the fix."""
     path = settings.db_path()
     if not create and not path.exists():
-        click.echo(f"error: no state at {path}; run `al-connector run` first", err=True)
+        click.echo(f"error: {no_state(path)}", err=True)
         sys.exit(1)
     return StateDB(path)
 

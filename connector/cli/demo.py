@@ -4,6 +4,7 @@ imported by production modules)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,4 +42,8 @@ def demo_cmd(**options: Any) -> None:
     from connector.devtools.demo import run_demo
 
     # The options above are run_demo's keyword arguments, named and typed there.
-    run_demo(**options)
+    try:
+        run_demo(**options)
+    except KeyboardInterrupt:  # before the rounds: the servers started so far are stopped
+        click.echo("\nstopped by Ctrl-C", err=True)
+        sys.exit(130)

@@ -30,6 +30,14 @@ config_option = click.option(
 )
 
 
+def no_state(path: Path) -> str:
+    """A missing state db is most often a command run without the daemon's settings."""
+    return (
+        f"no state at {path}; pass --config with the daemon's settings file (its state.dir "
+        "holds the state), or start the daemon first: `al-connector run --config FILE`"
+    )
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -167,7 +175,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
     settings = _load(config_path)
     if not settings.db_path().exists():
-        click.echo(f"no state at {settings.db_path()}; run `al-connector run` first", err=True)
+        click.echo(f"error: {no_state(settings.db_path())}", err=True)
         sys.exit(1)
     out = status_view.describe(settings, StateDB(settings.db_path()))
     if as_json:

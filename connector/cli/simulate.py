@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from connector.contracts.errors import ConfigError
 from connector.files import atomic_write, atomic_write_text
-from connector.learning.model import ModelSpec, available_archs
-from connector.learning.training import TrainConfig
-from connector.simulation import SimulationConfig, count_work, load_dataset, run_simulation
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# The simulation, the model and numpy are imported when the command runs: registering the
+# command (every `al-connector ... --help`) must not load torch.
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -42,6 +41,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for row in result["summary"]:
@@ -70,6 +70,8 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 
 def summary_table(result: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(title="active learning simulation (mean over seeds)")
     for col in ("strategy", "AUBC", "±", "final acc", "labels→90%", "labels→95%", "select s"):
         table.add_column(col, justify="left" if col == "strategy" else "right")
@@ -87,7 +89,7 @@ def summary_table(result: dict[str, Any]) -> Table:
             name,
             f"{r['aubc_mean']:.4f}",
             f"{r['aubc_std']:.4f}",
-            f"{r['final_accuracy_mean']:.4f}",
+            f"{r['final_accuracy_mean']:.3f}",
             reach(90),
             reach(95),
             f"{r['select_seconds_mean']:.4f}",
@@ -121,7 +123,10 @@ def summary_table(result: dict[str, Any]) -> Table:
     help="Share of the items in the random validation split: the test set (never selected).",
 )
 @click.option(
-    "--arch", default="small_cnn", show_default=True, type=click.Choice(available_archs())
+    "--arch",
+    default="small_cnn",
+    show_default=True,
+    help="small_cnn or a torchvision architecture (resnet18, ...); a wrong name lists them.",
 )
 @click.option("--weights", default=None, help="torchvision weights name or local weights file.")
 @click.option("--freeze-backbone", is_flag=True, help="Train only the head.")
@@ -129,7 +134,7 @@ def summary_table(result: dict[str, Any]) -> Table:
 @click.option("--width", default=32, show_default=True, help="Base filters of small_cnn.")
 @click.option("--ensemble-size", default=1, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Default: adapted to the labeled set.")
-@click.option("--lr", type=float, default=TrainConfig.lr, show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the trainer's).")
 @click.option(
     "--mc-samples",
     type=int,
@@ -175,7 +180,7 @@ def simulate_cmd(
     width: int,
     ensemble_size: int,
     epochs: int | None,
-    lr: float,
+    lr: float | None,
     mc_samples: int | None,
     max_candidates: int | None,
     no_full_data: bool,
@@ -188,6 +193,13 @@ def simulate_cmd(
     labels, AUBC (normalised area under that curve), the labels needed to reach 90% and
     95% of the all-labels accuracy, and selection time.
     """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from connector.learning.model import ModelSpec
+    from connector.learning.training import TrainConfig
+    from connector.simulation import SimulationConfig, count_work, load_dataset, run_simulation
+
     try:
         spec = ModelSpec(
             arch=arch,
@@ -206,7 +218,7 @@ def simulate_cmd(
             budget=budget,
             test_fraction=test_fraction,
             spec=spec,
-            train=TrainConfig(epochs=epochs, lr=lr),
+            train=TrainConfig(epochs=epochs) if lr is None else TrainConfig(epochs=epochs, lr=lr),
             mc_samples=mc_samples,
             max_candidates=max_candidates,
             full_data=not no_full_data,

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import click
 import numpy as np
@@ -86,6 +92,22 @@ class SimulatedAnnotator(threading.Thread):
                 self.stop_event.wait(self.delay_s)
 
 
+@dataclass
+class _DemoDaemon(Daemon):
+    """The daemon with the demo's signal policy. A person pressing Ctrl-C in a demo wants
+    it over, servers and all, so the first SIGINT or SIGTERM stops now (``stop_now``);
+    the daemon's own two-stage stop would wait for a training run to finish."""
+
+    stop_now: Callable[[], object] = field(default=lambda: None)
+
+    def _install_signals(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self.stop_now()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+
 def run_demo(
     rounds: int,
     batch_size: int,
@@ -109,6 +131,9 @@ def run_demo(
     root = Path(tempfile.mkdtemp(prefix="al-demo-")) if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
+        # SIGTERM as Ctrl-C: either unwinds this stack, which stops every server started.
+        stack.callback(signal.signal, signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         _log_to_file(root / "demo.log", verbose)
         # The folder is kept: the report, plots and log it ends by pointing at live there.
         click.echo(f"demo folder: {root}")
@@ -177,20 +202,27 @@ def run_demo(
         )
         annotator.start()
         stack.callback(annotator.stop_event.set)
-        daemon = Daemon(settings, app.engine, on_force_stop=[ls.stop, s3.stop])
+        daemon = _DemoDaemon(
+            settings, app.engine, stop_now=lambda: _stop_now(stack, root, annotator)
+        )
         baseline = _random_baseline(settings, pool_dir, truth, root / "baseline")
         monitor = threading.Thread(
             target=_monitor, args=(daemon, annotator, baseline, rounds), daemon=True
         )
         monitor.start()
-        daemon.run()  # returns after the monitor stops it, or on Ctrl-C
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        try:
+            daemon.run()  # returns after the monitor stops it; a Ctrl-C ends the process
+        finally:
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
         annotator.stop_event.set()
         summary = report.summarise(app.engine.state, settings.rounds_dir(), settings.stopping)
         click.echo(f"\nreport: {settings.rounds_dir() / 'report.json'}")
         if (settings.rounds_dir() / "learning_curve.png").exists():
             click.echo(f"learning curve: {settings.rounds_dir() / 'learning_curve.png'}")
         click.echo(f"per-round selections and score histograms: {settings.rounds_dir()}/NNNN/")
-        click.echo(f"stopping signals: {summary['stopping']}")
+        click.echo(f"stopping signals: {_describe_stopping(summary['stopping'])}")
         click.echo(f"full log: {root / 'demo.log'}")
         click.echo(f"everything is in {root}; delete the folder when you are done with it")
         if keep_running:
@@ -202,7 +234,46 @@ def run_demo(
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
-                click.echo("stopping")
+                # Leaving the with-block stops the annotator and every server, newest first.
+                click.echo("\nstopping the demo and its servers...")
+    if keep_running:
+        click.echo("stopped")
+
+
+def _stop_now(stack: ExitStack, root: Path, annotator: SimulatedAnnotator) -> NoReturn:
+    """Ctrl-C while rounds run: stop every server the demo started, then exit at once.
+
+    The exit skips the daemon's safe point on purpose: a training run in a worker thread
+    would otherwise hold the process for minutes. The state db is consistent at every
+    commit, so nothing written is lost.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the servers get their own timeouts
+    click.echo("\nCtrl-C: stopping the demo and its servers...")
+    annotator.stop_event.set()
+    try:
+        stack.close()  # everything that was started, newest first
+    except Exception:  # report it, and still exit: a person asked to stop
+        log.exception("stopping a demo server failed")
+    click.echo(f"stopped; what the demo wrote is in {root}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(130)
+
+
+def _describe_stopping(stopping: dict[str, Any]) -> str:
+    """``report.stopping_signals`` in words, e.g. ``accuracy still improving (+0.012 over
+    the last rounds; 5 rounds with a validation accuracy)``."""
+    n = stopping.get("rounds_with_accuracy", 0)
+    if "plateau" not in stopping:
+        return f"too few rounds to judge a plateau ({n} with a validation accuracy)"
+    verdict = (
+        "validation accuracy has plateaued: more labels add little"
+        if stopping["plateau"]
+        else "validation accuracy is still improving"
+    )
+    gain = float(stopping.get("recent_gain") or 0.0)
+    return f"{verdict} ({gain:+.3f} over the last rounds; {n} rounds with an accuracy)"
 
 
 def _log_to_file(path: Path, verbose: bool) -> None:

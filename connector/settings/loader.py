@@ -172,7 +172,10 @@ def _setting_variables(environ: Mapping[str, str]) -> tuple[dict[str, str], list
     problems: list[str] = []
     for name, value in environ.items():
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or ENV_NESTED not in upper:
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if ENV_NESTED not in upper:
+            problems += _single_underscore(name, value, sections)
             continue
         section, _, rest = upper[len(ENV_PREFIX) :].lower().partition(ENV_NESTED)
         key = rest.split(ENV_NESTED)[0]
@@ -189,6 +192,26 @@ def _setting_variables(environ: Mapping[str, str]) -> tuple[dict[str, str], list
         where = f"{section}.{rest.replace(ENV_NESTED, '.')}" if fields else section
         problems.append(f"  {where}: unknown setting {name}; {hint}")
     return known, problems
+
+
+def _single_underscore(name: str, value: str, sections: Mapping[str, Any]) -> list[str]:
+    """A problem if ``name`` reads as a setting with one ``_`` where ``__`` belongs
+    (``ALC_VALIDATION_SIZE``, ``ALC_VALDATION_SIZE``): silently ignored, it would leave the
+    default in place. Other ``ALC_`` names (``ALC_CONFIG``, ``ALC_TEST_*``) are not settings."""
+    rest = name.upper()[len(ENV_PREFIX) :].lower()
+    if value == "" or "_" not in rest or rest.startswith("test_"):
+        return []
+    for cut in (i for i, ch in enumerate(rest) if ch == "_"):
+        head, key = rest[:cut], rest[cut + 1 :]
+        section = head if head in sections else _closest(head, sections)
+        keys = sections[section].model_fields if section else {}
+        if section and (key in keys or (head in sections and _closest(key, keys))):
+            real = env_name(section, key if key in keys else str(_closest(key, keys)))
+            return [
+                f"  {section}: unknown setting {name}; did you mean {real}? (a setting's "
+                f"variable is {ENV_PREFIX}<SECTION>{ENV_NESTED}<KEY>, two underscores)"
+            ]
+    return []
 
 
 def _explain(exc: ValidationError) -> list[str]:
