@@ -38,6 +38,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "kubernetes"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+CONSTRAINTS = ROOT / "constraints.txt"
 SETTINGS_PATH = "/etc/al-connector/settings.toml"
 METRICS_PORT = 9108
 
@@ -749,8 +750,58 @@ def test_dockerfile_installs_cpu_torch_before_the_package() -> None:
     assert default and default.group(1) == "https://download.pytorch.org/whl/cpu"
     runs = [rest for word, rest in _stages()[0] if word == "RUN"]
     torch = next(i for i, r in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}"' in r)
-    package = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
+    package = next(i for i, r in enumerate(runs) if re.search(r"pip install .*\s\.(\s|$)", r))
     assert torch < package, "torch must be installed first, or pip pulls CUDA wheels"
+
+
+def _constraints() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}; every line pins one version."""
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)", line)
+            assert m, f"constraints.txt: not NAME==VERSION: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_its_range() -> None:
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    wanted = [*project["dependencies"], *(req for extra in extras for req in extra)]
+    pins = _constraints()
+    for text in wanted:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"python_version": "3.11"}):
+            continue
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {req.name}=={pins[name]}, outside pyproject's {req.specifier}"
+        )
+    # the ones with no upper bound in pyproject.toml are the reason for the file
+    assert {"torch", "torchvision", "numpy", "pydantic", "matplotlib"} <= pins.keys()
+
+
+def test_image_and_venv_install_with_the_constraints() -> None:
+    runs = [rest for word, rest in _stages()[0] if word == "RUN"]
+    installs = [r for r in runs if re.search(r"pip install (?!--upgrade pip)", r)]
+    pip_calls = [c for r in installs for c in r.split("&&") if "pip install" in c]
+    pip_calls = [c for c in pip_calls if "--upgrade pip" not in c]
+    assert len(pip_calls) >= 2
+    assert all("-c constraints.txt" in c for c in pip_calls), pip_calls
+    copies = [rest.split() for word, rest in _stages()[0] if word == "COPY"]
+    assert any("constraints.txt" in c[:-1] for c in copies), "the build stage copies it"
+    assert "constraints.txt" not in (ROOT / ".dockerignore").read_text().split()
+
+    makefile = (ROOT / "Makefile").read_text()
+    target = re.search(r"^\$\(BIN\)/\.installed:(.*?)\n\n", makefile, re.M | re.S)
+    assert target, "the Makefile's venv recipe ($(BIN)/.installed) is missing"
+    assert "constraints.txt" in target.group(1).splitlines()[0], "re-install when it changes"
+    pip_lines = [ln for ln in target.group(1).splitlines() if "pip install" in ln]
+    assert any(" -e " in ln and "-c constraints.txt" in ln for ln in pip_lines), pip_lines
 
 
 def test_dockerfile_runtime_stage() -> None:
