@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,12 @@ class S3Server:
     identities: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)
     # a temporary data folder made by ``start_s3_server``, removed by ``stop()``
     owned_dir: bool = False
+    # the ports of each role, by ``weed server`` flag (``master.port``, ``filer.port``, ...)
+    ports: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def grpc_address(self, role: str) -> str:
+        """``127.0.0.1:<http>.<grpc>`` of ``role`` (master, filer), as ``weed shell`` takes it."""
+        return f"127.0.0.1:{self.ports[role + '.port']}.{self.ports[role + '.port.grpc']}"
 
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
@@ -108,6 +115,7 @@ def start_s3_server(
     secret_access_key: str = DEV_SECRET_ACCESS_KEY,
     extra_identities: dict[str, tuple[str, str]] | None = None,
     weed_bin: str | Path | None = None,
+    s3_config: Path | None = None,
     startup_timeout_s: float = 60.0,
     attempts: int = 3,
 ) -> S3Server:
@@ -116,16 +124,18 @@ def start_s3_server(
 
     One admin identity (``access_key_id``/``secret_access_key``) may do everything; each
     of ``extra_identities`` (name -> keys) too, so a test can hold a second valid key.
-    Raises ``DevServerError`` with the log's tail if it does not come up; a lost port race
-    is retried on new ports.
+    ``s3_config``, if given, replaces those identities (a file in SeaweedFS's format; the
+    keys returned are then whatever the caller put there). Raises ``DevServerError`` with
+    the log's tail if it does not come up; a lost port race is retried on new ports.
     """
     exe = find_weed(weed_bin)
     root = Path(tempfile.mkdtemp(prefix="alc-seaweedfs-")) if data_dir is None else data_dir
     root.mkdir(parents=True, exist_ok=True)
     identities = {"alc-admin": (access_key_id, secret_access_key), **(extra_identities or {})}
-    config = root / "s3-identities.json"
-    config.write_text(json.dumps(_identities_config(identities)))
-    config.chmod(0o600)
+    config = s3_config or root / "s3-identities.json"
+    if s3_config is None:
+        config.write_text(json.dumps(_identities_config(identities)))
+        config.chmod(0o600)
     log_path = root / "weed.log"
     for attempt in range(attempts):
         try:
@@ -145,6 +155,7 @@ def start_s3_server(
             server.process,
             dict(extra_identities or {}),
             owned_dir=data_dir is None,
+            ports=server.ports,
         )
     raise AssertionError("unreachable")
 
@@ -167,7 +178,7 @@ def _start_once(
     exe: Path, root: Path, config: Path, log_path: Path, startup_timeout_s: float
 ) -> S3Server:
     """One try on fresh ports; the server it returns carries no keys yet."""
-    ports = {flag: free_port() for flag in _PORT_FLAGS}
+    ports = _free_ports()
     data = root / "data"
     data.mkdir(exist_ok=True)
     cmd = [
@@ -201,7 +212,7 @@ def _start_once(
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # so stop_process reaches the whole group
         )
-    server = S3Server(url, "", "", REGION, root, log_path, proc)
+    server = S3Server(url, "", "", REGION, root, log_path, proc, ports=ports)
     atexit.register(server.stop, 2.0)  # a crashed run must not leave a server behind
     t0 = time.monotonic()
     deadline = t0 + startup_timeout_s
@@ -221,6 +232,30 @@ def _start_once(
         time.sleep(0.2)
     log.info("SeaweedFS S3 up on %s in %.1fs (log %s)", url, time.monotonic() - t0, log_path)
     return server
+
+
+def _free_ports() -> dict[str, int]:
+    """A free port per flag, each gRPC port its HTTP port + 10000: SeaweedFS's convention,
+    which its clients that take only the HTTP address (``weed filer.copy``) rely on."""
+    ports: dict[str, int] = {}
+    for flag in _PORT_FLAGS:
+        if flag.endswith(".grpc"):
+            continue
+        while True:
+            port = free_port()
+            if port + 10000 <= 65535 and _is_free(port + 10000) and port not in ports.values():
+                break
+        ports[flag], ports[flag + ".grpc"] = port, port + 10000
+    return ports
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _ready(s3_url: str, master_url: str) -> bool:
