@@ -133,9 +133,10 @@ def start_s3_server(
     root.mkdir(parents=True, exist_ok=True)
     identities = {"alc-admin": (access_key_id, secret_access_key), **(extra_identities or {})}
     config = s3_config or root / "s3-identities.json"
-    if s3_config is None:
-        config.write_text(json.dumps(_identities_config(identities)))
-        config.chmod(0o600)
+    if s3_config is None:  # keys: readable by this user only, from the first byte
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_identities_config(identities), fh)
     log_path = root / "weed.log"
     for attempt in range(attempts):
         try:
