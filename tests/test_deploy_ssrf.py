@@ -12,14 +12,17 @@ guard refuses just the same.
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+from label_studio_sdk import LabelStudio
 
 from connector.app import _storage_connection
 from connector.contracts.errors import ConnectorError
+from connector.contracts.ports import TaskToPush
 from connector.devtools.labelstudio_server import LabelStudioServer, start_label_studio
 from connector.devtools.s3_server import S3Server
 from connector.labelstudio.adapter import LabelStudioAdapter
@@ -73,8 +76,6 @@ def compose_label_studio(
 
 def _adapter(server: LabelStudioServer, token: str, settings: Settings) -> LabelStudioAdapter:
     """An adapter on a new project, as the compose connector would make it."""
-    from label_studio_sdk import LabelStudio
-
     client = LabelStudio(base_url=server.url, api_key=token)
     project = client.projects.create(
         title=settings.label_studio.project_title,
@@ -126,3 +127,25 @@ def test_compose_label_studio_connects_the_bucket_on_a_private_address(
 
     storage_id = adapter.connect_source_storage(**connection)
     assert storage_id > 0
+
+    # and annotators see the image: Label Studio reads it through its own endpoint
+    assert settings.storage.presign_urls is False  # browsers cannot reach the endpoint
+    task = TaskToPush(
+        item_id="cat.png",
+        image_url=f"s3://{s3_bucket}/pool/cat.png",
+        round=0,
+        split="train",
+        priority=0,
+        predicted_label="cat",
+        confidence=0.9,
+    )
+    task_id = adapter.push([task], "r0-compose")["cat.png"]
+    client = LabelStudio(base_url=server.url, api_key=dotenv["LABEL_STUDIO_TOKEN"])
+    url = str(client.tasks.get(id=str(task_id)).data["image"])
+    # Label Studio's proxy (presign_urls = false), at the public URL compose gives it
+    public = dotenv["LABEL_STUDIO_PUBLIC_URL"]
+    assert url.startswith(f"{public}/tasks/"), url
+    req = urllib.request.Request(server.url + url.removeprefix(public))
+    req.add_header("Authorization", f"Token {dotenv['LABEL_STUDIO_TOKEN']}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.read() == b"not really a png"
