@@ -22,11 +22,12 @@ help:
 	@echo "make lint   ruff + mypy"
 	@echo "make bench  run the benchmarks and print their tables"
 
-$(BIN)/.installed: pyproject.toml
+# constraints.txt pins every version (the ones the tests pass with), here and in the image.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "al-connector needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[demo,test,dev,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -c constraints.txt -e '.[demo,test,dev,bench]'
 	touch $@
 
 $(LS_BIN)/.installed:

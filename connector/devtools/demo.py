@@ -1,7 +1,7 @@
 """``al-connector demo``: the whole loop on this machine, in a few minutes.
 
 Starts a local Label Studio (its own virtual environment) and a local S3-compatible
-server (moto in server mode), loads scikit-learn's digits as PNGs into the bucket,
+server (SeaweedFS, ``weed server -s3``), loads scikit-learn's digits as PNGs into the bucket,
 creates a project whose tasks resolve ``s3://`` URLs through a source-storage
 connection, and runs the real daemon while a simulated annotator labels the pushed
 tasks through the Label Studio API from ground truth (with some skips and a delay).
@@ -143,7 +143,7 @@ def run_demo(
         truth = {w.key: w.label for w in written}
         click.echo(f"wrote {len(written)} digit PNGs; ground truth in {root / 'ground_truth.csv'}")
 
-        s3 = start_s3_server()
+        s3 = start_s3_server(root / "s3")
         stack.callback(s3.stop)
         bucket = "al-demo-pool"
         creds = {"access_key_id": s3.access_key_id, "secret_access_key": s3.secret_access_key}

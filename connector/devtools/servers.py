@@ -1,7 +1,7 @@
 """What the local development servers share: their error, and process/HTTP helpers.
 
 Used by ``labelstudio_server`` / ``labelstudio_setup`` (a real Label Studio), by
-``s3_server`` (moto's S3) and by the test fixtures that run them.
+``s3_server`` (SeaweedFS's S3) and by the test fixtures that run them.
 """
 
 from __future__ import annotations

@@ -98,6 +98,12 @@ class StorageSettings(_Section):
         description="Label Studio hands browsers presigned URLs to the bucket; false when "
         "browsers cannot reach the endpoint (Label Studio then proxies the images).",
     )
+    label_studio_own_endpoint: bool = Field(
+        False,
+        description="Connect the bucket without an endpoint, so Label Studio uses its own "
+        "S3_ENDPOINT variable, which its SSRF guard trusts: needed when the endpoint is a "
+        "private address (docker-compose, on-premises MinIO/Ceph; docs/deploy.md).",
+    )
     read_concurrency: int = Field(8, ge=1, le=128, description="Parallel object reads.")
     full_rescan_every: int = Field(
         12,
