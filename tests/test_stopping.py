@@ -152,13 +152,22 @@ def test_max_rounds_stops_after_the_last_batch_and_resume_goes_on(
 
 
 def test_max_labels_stops_while_waiting(tmp_path: Path, digit_objects: Any) -> None:
-    engine, labeling, truth, _ = stopping_setup(tmp_path, digit_objects, **{"max_labels": 60})
+    engine, labeling, truth, config = stopping_setup(tmp_path, digit_objects, **{"max_labels": 60})
     run_rounds(engine, labeling, truth, 2)  # 50 labels after round 0, then 70
     rnd = engine.step()
     assert rnd is not None and (rnd.round, rnd.phase) == (1, Phase.STOPPED)
     record = stopping.stopped(engine.state)
     assert record is not None and record["figures"] == {"labeled": 70, "max_labels": 60}
     assert record["resume_phase"] == "WAIT"
+
+    # status only reads: it neither writes the summary nor plots the curve
+    def files() -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in engine.rounds_dir.rglob("*")}
+
+    before = files()
+    status = json.loads(cli(config, "status", "--json").output)
+    assert status["stopped"]["criterion"] == "max_labels"
+    assert files() == before
 
 
 def test_target_accuracy_stops_before_anything_is_pushed(

@@ -186,11 +186,10 @@ def write_round_report(
     atomic_write_text(round_dir / "report.md", "\n".join(lines) + "\n")
 
 
-def summarise(
-    state: StateDB, rounds_dir: Path, stopping_cfg: StoppingSettings | None = None
-) -> dict[str, Any]:
-    """All rounds' figures and the stopping state (the criteria's figures when
-    ``stopping_cfg`` is given), written to ``rounds/report.json``, and a learning curve."""
+def collect(state: StateDB, stopping_cfg: StoppingSettings | None = None) -> dict[str, Any]:
+    """All rounds' figures, the random baseline and the stopping state (the criteria's
+    figures when ``stopping_cfg`` is given). Reads the state db only: ``status`` uses it
+    and must not write (it may run as another user, or beside a read-only mount)."""
     rows = []
     for rnd in state.rounds():
         val = rnd.metrics.get("validation") or {}
@@ -210,18 +209,27 @@ def summarise(
                 ),
             }
         )
-    summary: dict[str, Any] = {"rounds": rows, "stopping": stopping.state_of(stopping_cfg, state)}
+    raw = state.get_meta(RANDOM_BASELINE)
+    return {
+        "rounds": rows,
+        "stopping": stopping.state_of(stopping_cfg, state),
+        "random_baseline": [(int(n), float(a)) for n, a in json.loads(raw)] if raw else [],
+    }
+
+
+def summarise(
+    state: StateDB, rounds_dir: Path, stopping_cfg: StoppingSettings | None = None
+) -> dict[str, Any]:
+    """``collect``'s figures, written to ``rounds/report.json``, and the learning curve."""
+    summary = collect(state, stopping_cfg)
+    write_json(rounds_dir / "report.json", summary)
     points: list[tuple[int, float]] = [
         (int(r["n_train"]), float(r["validation_accuracy"]))
-        for r in rows
+        for r in summary["rounds"]
         if r["n_train"] and r["validation_accuracy"] is not None
     ]
-    raw = state.get_meta(RANDOM_BASELINE)
-    baseline = [(int(n), float(a)) for n, a in json.loads(raw)] if raw else []
-    summary["random_baseline"] = baseline
-    write_json(rounds_dir / "report.json", summary)
     if len(points) >= 2:
-        plots.learning_curve(rounds_dir / "learning_curve.png", points, baseline)
+        plots.learning_curve(rounds_dir / "learning_curve.png", points, summary["random_baseline"])
     return summary
 
 

@@ -22,7 +22,7 @@ def _age_s(stamp: str | None) -> float | None:
 
 
 def describe(settings: Settings, state: StateDB) -> dict[str, Any]:
-    summary = report.summarise(state, settings.rounds_dir(), settings.stopping)
+    summary = report.collect(state, settings.stopping)
     current = state.current_round()
     by_kind, newest = state.open_alerts()
     queued, oldest = state.queue_age()
