@@ -88,7 +88,8 @@ def test_score_is_the_confidence_and_the_tab_sorts_priority_as_a_number(
     assert project.sampling == SEQUENTIAL_SAMPLING  # set by the push
     assert project.model_version == "r3-margin"
 
-    adapter.push(_tasks(13, round_=3), "r3-margin")  # one more task; the tab is not made twice
+    # One more task, by a new adapter (a restart): the tab is not made twice.
+    ls_project.adapter().push(_tasks(13, round_=3), "r3-margin")
     views = [
         v for v in ls_client.views.list(project=ls_project.id) if v.data["title"] == VIEW_TITLE
     ]

@@ -77,6 +77,7 @@ class LabelStudioQueueMixin:
 
     ls: LabelStudioClient
     project_id: int
+    _queue_ready: tuple[str, int] | None = None
 
     def prepare_queue(self, model_version: str, round_: int) -> None:
         """Before importing ``model_version``'s tasks: sequential sampling, and the
@@ -86,7 +87,11 @@ class LabelStudioQueueMixin:
         to the version of the first imported prediction, in the import's own transaction.
         So from the first task of the round on, the labeling view shows this round's
         prelabels, with no moment where it serves or shows the previous round's.
+
+        Done once per version and round by an adapter (a push comes in many chunks).
         """
+        if self._queue_ready == (model_version, round_):
+            return
         project = self.ls.project()
         update: dict[str, Any] = {}
         if project.sampling != SEQUENTIAL_SAMPLING:
@@ -108,6 +113,7 @@ class LabelStudioQueueMixin:
                 **update,
             )
         self.ensure_priority_view(round_)
+        self._queue_ready = (model_version, round_)
 
     def ensure_priority_view(self, round_: int) -> int:
         """Create (or bring up to date) the tab ``VIEW_TITLE``; its id. Idempotent."""
