@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 LS_BIN := $(LS_VENV)/bin
 export ALC_TEST_LABEL_STUDIO_BIN ?= $(abspath $(LS_BIN))/label-studio
 
-.PHONY: help venv ls-venv test test-fast lint format demo bench clean
+.PHONY: help venv ls-venv browser test test-fast lint format demo bench clean
 
 help:
 	@echo "make demo   run the connector end to end on a local Label Studio + S3 with digits"
@@ -39,8 +39,14 @@ $(LS_BIN)/.installed:
 venv: $(BIN)/.installed
 ls-venv: $(LS_BIN)/.installed
 
-test: venv ls-venv
+test: venv ls-venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# tests/test_browser.py drives Debian's headless Chromium; install it when it is missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 # Unit tests only: no Label Studio server, no S3 server.
 test-fast: venv

@@ -101,7 +101,10 @@ def test_admin_commands_steer_the_daemon_on_real_servers(
     first = of_round(1)
     assert len(first) == 5 and pick in first and first[pick].data["al_priority"] == 0
 
-    # start-now starts a round while round 1 waits; the override was for round 1 only
+    # start-now starts a round while round 1 waits; the override was for round 1 only.
+    # Pushing round 2 withdraws round 1's open tasks; the skipped one stays.
+    key = next(i for i in first if i != pick)
+    adapter.skip_task(first[key].id)
     ok("round", "start-now")
     status = daemon.run_once()
     assert status["round"]["number"] == 2 and status["round"]["strategy"] == "entropy"
@@ -113,12 +116,12 @@ def test_admin_commands_steer_the_daemon_on_real_servers(
     ok("round", "rollback", "2", "--yes")
     daemon.run_once()
     assert set(of_round(2)) == set(kept)
-    # 120 in the pool: 20 + 5 pushed, 3 kept, 1 excluded; the 7 withdrawn are candidates
-    assert len(list(state.iter_candidate_ids())) == 120 - 20 - 5 - 3 - 1
+    # 120 in the pool: 20 + 1 (round 1's skipped one) pushed, 3 kept, 1 excluded; the 7
+    # rolled back and round 1's 4 withdrawn are candidates
+    assert len(list(state.iter_candidate_ids())) == 120 - 20 - 1 - 3 - 1
     no_duplicates()
 
     # requeue: one new task and one alert
-    key = next(i for i in first if i != pick)
     old = first[key].id
     ok("items", "requeue", key, "--yes")
     daemon.run_once()

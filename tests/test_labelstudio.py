@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import socket
@@ -27,7 +26,6 @@ from connector.labelstudio.query import (
     dm_filter,
     dm_query,
     id_chunks,
-    priority_score,
 )
 from connector.labelstudio.resolve import resolve_task
 from tests.fixtures.labelstudio import (
@@ -151,14 +149,14 @@ def test_push_imports_tasks_with_predictions(
         }
         pred = _prediction(got)
         assert pred["model_version"] == "r1-entropy"
-        assert pred["score"] == pytest.approx(priority_score(task.priority))
+        assert pred["score"] == pytest.approx(task.confidence)  # the model's, not a rank
         (region,) = pred["result"]
         assert region["value"] == {"choices": [task.predicted_label]}
         assert region["score"] == pytest.approx(task.confidence)
-    # priority 0 has the lowest score, and scores rise with priority
+    # imported in priority order: task ids rise with priority (the stream's order)
     by_priority = sorted(tasks, key=lambda t: t.priority)
-    scores = [_prediction(stored[mapping[t.item_id]])["score"] for t in by_priority]
-    assert scores == sorted(scores) and len(set(scores)) == len(scores)
+    ids = [mapping[t.item_id] for t in by_priority]
+    assert ids == sorted(ids)
 
 
 def test_push_twice_does_not_duplicate(
@@ -254,7 +252,7 @@ def test_model_version_and_sampling_order(
     tasks = _tasks(5)
     mapping = adapter.push(list(reversed(tasks)), "r1-bald")
     assert ls_client.projects.get(id=ls_project.id).model_version == "r1-bald"
-    # Label Studio's uncertainty sampling serves priority 0 first, then 1.
+    # Label Studio's sequential sampling serves priority 0 first, then 1.
     served = []
     for _ in range(2):
         req = urllib.request.Request(
@@ -471,15 +469,6 @@ def test_secrets_stay_out_of_reprs(label_studio: LabelStudioHandle) -> None:
 
 
 # ---------------------------------------------------------------- pure helpers
-
-
-def test_priority_score_is_increasing_and_batch_independent() -> None:
-    scores = [priority_score(p) for p in range(10_000)]
-    assert scores[0] == 0.0
-    assert all(a < b for a, b in itertools.pairwise(scores))
-    assert all(0.0 <= s < 1.0 for s in scores)
-    with pytest.raises(ValueError):
-        priority_score(-1)
 
 
 def test_lookup_chunks_fit_a_request_line() -> None:

@@ -41,6 +41,7 @@ from connector.labelstudio.query import (
     parse_ls_datetime,
     task_payload,
 )
+from connector.labelstudio.queue import SEQUENTIAL_SAMPLING, LabelStudioQueueMixin
 from connector.labelstudio.resolve import RULES, Rule, resolve_task
 
 __all__ = [
@@ -50,10 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
-
-class LabelStudioAdapter(LabelStudioAdminMixin):
+class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
     """``LabelingBackend`` on one Label Studio project (see ``connector.contracts.ports``).
 
     Args:
@@ -119,6 +118,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         self._config: LabelConfigInfo | None = None
         self._to_class: dict[str, str] | None = None
         self._pending_model_version: str | None = None
+        self._predictions_short = False
 
     def __repr__(self) -> str:  # never the token
         return f"LabelStudioAdapter(url={self.url!r}, project_id={self.project_id})"
@@ -128,14 +128,14 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
     def create_project(
         cls, url: str, token: str, title: str, label_config: str, **kwargs: Any
     ) -> int:
-        """Create a project for the connector (uncertainty sampling, predictions shown)."""
+        """Create a project for the connector (sequential sampling, predictions shown)."""
         adapter = cls(url, token, 0, **kwargs)
         project = adapter.ls.call(
             "create a project",
             adapter.ls.sdk.projects.create,
             title=title,
             label_config=label_config,
-            sampling=UNCERTAINTY_SAMPLING,
+            sampling=SEQUENTIAL_SAMPLING,
             show_collab_predictions=True,
         )
         log.info("created Label Studio project %d (%s)", project.id, title)
@@ -190,11 +190,11 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         if classes:
             self.classes = list(classes)
         warnings = [*config.warnings, *warnings]
-        if project.sampling != UNCERTAINTY_SAMPLING:
+        if project.sampling != SEQUENTIAL_SAMPLING:
             warnings.append(
                 f"the project samples tasks by {project.sampling!r}, so annotators do not get "
-                "the connector's priority order; set Settings > Annotation > Task Sampling to "
-                "'Uncertainty sampling'"
+                "the connector's priority order; the next push sets Settings > Annotation > "
+                f"Task Sampling to {SEQUENTIAL_SAMPLING!r}"
             )
         return ProjectInfo(
             project_id=self.project_id,
@@ -259,7 +259,8 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         if len(set(ids)) != len(ids):
             raise ValueError("push got the same item_id twice; each item is one task")
         mapping = self.existing_tasks(ids)
-        todo = [t for t in tasks if t.item_id not in mapping]
+        # Import order is queue order: Label Studio serves tasks by id (docs/labelstudio.md).
+        todo = sorted((t for t in tasks if t.item_id not in mapping), key=lambda t: t.priority)
         if mapping:
             log.info(
                 "push %s: %d of %d items already have tasks; importing %d",
@@ -268,6 +269,8 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
                 len(tasks),
                 len(todo),
             )
+        if todo:
+            self.prepare_queue(model_version, max(t.round for t in todo))
         for start in range(0, len(todo), self.import_chunk_size):
             chunk = todo[start : start + self.import_chunk_size]
             mapping.update(self._import_chunk(chunk, model_version))
@@ -301,6 +304,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         pending = [t.item_id for t in chunk]
         mapped: dict[str, int] = {}
         tries = 0
+        self._predictions_short = False
 
         def attempt() -> None:
             nonlocal pending, tries
@@ -317,10 +321,13 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         self.ls.call("import tasks", attempt, not_found=self.ls.project_not_found())
         if tries > 1:  # an outcome was unknown: a late commit may have left duplicates
             mapped = self._dedupe([t.item_id for t in chunk])
+        if tries > 1 or self._predictions_short:
+            self.ls.add_missing_predictions({mapped[i]: payload[i] for i in mapped})
         return mapped
 
     def _import_once(self, payload: list[dict[str, Any]], item_ids: list[str]) -> dict[str, int]:
-        task_ids = self.ls.import_tasks(payload, self.import_timeout_s)
+        task_ids, n_predictions = self.ls.import_tasks(payload, self.import_timeout_s)
+        self._predictions_short = n_predictions is None or n_predictions < len(payload)
         if len(task_ids) == len(item_ids):  # Community imports synchronously, in order
             return dict(zip(item_ids, task_ids, strict=True))
         # An asynchronous import (Enterprise) returns no ids: read them back.

@@ -245,10 +245,13 @@ class LabelStudioClient:
                     found.setdefault(str(item), []).append(int(task.id))
         return found
 
-    def import_tasks(self, payload: list[dict[str, Any]], timeout_s: float) -> list[int]:
+    def import_tasks(
+        self, payload: list[dict[str, Any]], timeout_s: float
+    ) -> tuple[list[int], int | None]:
         """One import call, SDK retries off (a retried POST could import twice); raw errors.
 
-        Returns the new task ids in payload order ([] if the server does not say).
+        Returns the new task ids in payload order ([] if the server does not say) and the
+        number of predictions the server created (None if it does not say).
         """
         options = cast(RequestOptions, {"max_retries": 0, "timeout_in_seconds": int(timeout_s)})
         response = self.sdk.projects.import_tasks(
@@ -257,7 +260,47 @@ class LabelStudioClient:
             return_task_ids=True,
             request_options=options,
         )
-        return [int(t) for t in (getattr(response, "task_ids", None) or [])]
+        ids = [int(t) for t in (getattr(response, "task_ids", None) or [])]
+        count = getattr(response, "prediction_count", None)
+        return ids, None if count is None else int(count)
+
+    def add_missing_predictions(self, payload_by_task: Mapping[int, Mapping[str, Any]]) -> int:
+        """Give every task of ``payload_by_task`` that has no prediction the one of its
+        import payload; returns how many were added.
+
+        Label Studio 1.23 retries an import that met SQLite's "database is locked"
+        (``retry_database_locked`` on ``BaseTaskSerializerBulk.create``) with task dicts
+        the first attempt already stripped of their predictions: the whole chunk lands
+        without them, and the response's ``prediction_count`` says so. Seen with small
+        chunks while annotators save (75 of 770 tasks at ``import_chunk_size = 5``).
+        """
+        if not payload_by_task:
+            return 0
+        ids = sorted(payload_by_task)
+        bare_filter = [
+            dm_filter("id", "greater", "Number", ids[0] - 1),
+            dm_filter("id", "less", "Number", ids[-1] + 1),
+            dm_filter("total_predictions", "equal", "Number", 0),
+        ]
+        bare = {int(t.id) for t in self.tasks_where(bare_filter, size=LOOKUP_PAGE, fields="id")}
+        added = 0
+        for task_id in ids:
+            if task_id not in bare:
+                continue
+            for pred in payload_by_task[task_id].get("predictions") or []:
+                extra = {"score": pred["score"]} if "score" in pred else {}
+                self.call(
+                    "add a missing prediction",
+                    self.sdk.predictions.create,
+                    task=task_id,
+                    result=pred["result"],
+                    model_version=pred["model_version"],
+                    **extra,
+                )
+                added += 1
+        if added:
+            log.warning("project %d: %d predictions the import lost, added", self.project_id, added)
+        return added
 
 
 def create_personal_access_token(url: str, legacy_token: str) -> str:

@@ -77,19 +77,6 @@ def id_chunks(ids: Sequence[str], max_chars: int = MAX_QUERY_CHARS) -> Iterator[
         yield chunk
 
 
-def priority_score(priority: int) -> float:
-    """Prediction score encoding the connector's priority for Label Studio's sampling.
-
-    Uncertainty sampling serves the *lowest* score of the project's model version first,
-    so the score must rise with ``priority`` (0 = label first). ``p / (p + 1)`` is strictly
-    increasing, lies in ``[0, 1)`` like a probability and does not depend on the batch
-    size, so tasks pushed in several calls (or resumed after a crash) keep one order.
-    """
-    if priority < 0:
-        raise ValueError(f"priority must be >= 0, got {priority}")
-    return priority / (priority + 1.0)
-
-
 def task_payload(
     task: TaskToPush,
     model_version: str,
@@ -101,9 +88,11 @@ def task_payload(
 ) -> dict[str, Any]:
     """One task for ``POST /api/projects/{id}/import``, with its prediction.
 
-    The prediction carries the model's predicted class (as the Label Studio choice value)
-    with the model's confidence on the result region; its ``score`` is the priority
-    encoding of ``priority_score`` (not the confidence).
+    The prediction carries the model's predicted class (as the Label Studio choice value);
+    its ``score`` (and the region's) is the model's probability of that class, what Label
+    Studio shows as the prediction score. Without a prelabel the result is empty and there
+    is no score. The queue order is the import order (see docs/labelstudio.md), and
+    ``al_round`` / ``al_priority`` are JSON numbers so the Data Manager can sort them.
     """
     result: list[dict[str, Any]] = []
     if task.predicted_label is not None:
@@ -120,17 +109,11 @@ def task_payload(
     data: dict[str, Any] = {
         image_field: task.image_url,
         ITEM_KEY: task.item_id,
-        ROUND_KEY: task.round,
+        ROUND_KEY: int(task.round),
         SPLIT_KEY: task.split,
-        PRIORITY_KEY: task.priority,
+        PRIORITY_KEY: int(task.priority),
     }
-    return {
-        "data": data,
-        "predictions": [
-            {
-                "model_version": model_version,
-                "score": priority_score(task.priority),
-                "result": result,
-            }
-        ],
-    }
+    prediction: dict[str, Any] = {"model_version": model_version, "result": result}
+    if result and task.confidence is not None:
+        prediction["score"] = float(task.confidence)
+    return {"data": data, "predictions": [prediction]}

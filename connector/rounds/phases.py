@@ -253,7 +253,10 @@ def _choose(
 
 
 def push(ctx: RoundContext, rnd: Round) -> None:
+    """Withdraw earlier rounds' open training tasks, then import this round's in priority
+    order: Label Studio serves tasks in import order (docs/labelstudio.md)."""
     version = rnd.model_version or ctx.model_version(rnd)
+    _withdraw_stale(ctx, rnd)
     pending = ctx.state.unpushed(rnd.round)
     # An item already queued or labeled is re-queued only on purpose (`items requeue`).
     refused = set(
@@ -291,8 +294,8 @@ def push(ctx: RoundContext, rnd: Round) -> None:
         if ctx.progress:
             ctx.progress("push", min(start + chunk_size, len(pending)), len(pending))
     if rnd.model_version is not None:
-        # After the push: Label Studio accepts a model version only once a prediction
-        # carries it. From now on it shows and samples this round's predictions.
+        # The import already made it the project's version (the adapter cleared the old
+        # one first); this is the fallback for a backend that does not.
         ctx.ports.labeling.set_model_version(version)
     done, total = ctx.state.batch_progress(rnd.round)
     ctx.state.set_phase(rnd.round, Phase.WAIT, metrics={"pushed": total})
@@ -301,4 +304,21 @@ def push(ctx: RoundContext, rnd: Round) -> None:
     report.write_round_report(ctx.round_dir(rnd.round), finished, done, total, plot=ctx.plots)
     log.info(
         "round %d (%s): %d tasks in Label Studio; waiting for labels", rnd.round, version, total
+    )
+
+
+def _withdraw_stale(ctx: RoundContext, rnd: Round) -> None:
+    """Earlier rounds' training tasks nobody opened are older picks of an older model and
+    would be served before this round's (lower task ids): delete them, and put their items
+    back in the pool for the next round's strategy to rank again. Annotated or skipped ones
+    stay; a retry after a crash finds the deleted ones gone and finishes the bookkeeping."""
+    stale = ctx.state.stale_open_tasks(rnd.round)
+    if not stale:
+        return
+    gone = set(ctx.ports.labeling.withdraw_tasks([t for _, t in stale]))
+    n = ctx.state.release_stale(rnd.round, [i for i, t in stale if t in gone])
+    log.info(
+        "round %d: %d open tasks of earlier rounds withdrawn, their items back in the pool",
+        rnd.round,
+        n,
     )

@@ -199,18 +199,9 @@ class AdminQueries(Database):
         now = iso(utcnow())
         n = 0
         with self.tx() as c:
+            why = f"round {number} rolled back (command {command_id})"
             for item in item_ids:
-                cur = c.execute(
-                    "UPDATE items SET status = 'discovered', round = NULL, task_id = NULL, "
-                    "split = NULL, queued_at = NULL, pinned = 0, updated_at = ? "
-                    "WHERE item_id = ? AND round = ? AND status = 'queued'",
-                    (now, item, number),
-                )
-                if cur.rowcount:
-                    n += 1
-                    c.execute("DELETE FROM pushes WHERE round = ? AND item_id = ?", (number, item))
-                    why = f"round {number} rolled back (command {command_id})"
-                    self._item_event(c, item, "withdrawn", now, reason=why)
+                n += self._back_to_pool(c, item, number, now, why)
             self._merge_round_metrics(
                 c, number, lambda m: {"rolled_back": int(m.get("rolled_back") or 0) + n}
             )

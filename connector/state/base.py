@@ -110,6 +110,31 @@ class Database:
         with self.tx() as c:
             c.execute(sql, (key, value, value))
 
+    def _back_to_pool(
+        self,
+        c: sqlite3.Connection,
+        item_id: str,
+        round_number: int,
+        now: str | None,
+        why: str,
+        *,
+        task_id: int | None = None,
+    ) -> bool:
+        """An item queued in ``round_number`` goes back to the pool (``discovered``), that
+        round's pushes forget it, and its history says why; False if it was not queued
+        there. In the caller's transaction."""
+        cur = c.execute(
+            "UPDATE items SET status = 'discovered', round = NULL, task_id = NULL, "
+            "split = NULL, queued_at = NULL, pinned = 0, updated_at = ? "
+            "WHERE item_id = ? AND round = ? AND status = 'queued'",
+            (now, item_id, round_number),
+        )
+        if not cur.rowcount:
+            return False
+        c.execute("DELETE FROM pushes WHERE round = ? AND item_id = ?", (round_number, item_id))
+        self._item_event(c, item_id, "withdrawn", now, task_id=task_id, reason=why)
+        return True
+
     @staticmethod
     def _item_event(
         c: sqlite3.Connection,

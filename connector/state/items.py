@@ -5,7 +5,8 @@ An item's lifecycle (one row in ``items``)::
     discovered -> queued (round, task id) -> labeled | skipped | invalid
     queued/skipped/invalid/missing -> queued with a new task only by an admin's requeue
         (``items requeue``, with an ``item_requeued`` alert)
-    queued (unannotated) -> discovered only by an admin's ``round rollback``
+    queued (unannotated) -> discovered only by an admin's ``round rollback``, or (training
+        tasks) when a later round is pushed: its tasks come first (docs/labelstudio.md)
     queued -> missing when its task is deleted in Label Studio (``task_missing`` alert);
         a missing item is a candidate again
     discovered -> excluded (``items exclude``; ``items include`` takes it back),

@@ -227,6 +227,33 @@ class RoundQueries(Database):
                     (number, task_id, splits[item_id], now, now, item_id),
                 )
 
+    def stale_open_tasks(self, number: int) -> list[tuple[str, int]]:
+        """``(item_id, task_id)`` of training tasks of rounds before ``number`` that nobody
+        annotated (as far as the last poll knows): what pushing round ``number`` withdraws."""
+        rows = self.query(
+            "SELECT item_id, task_id FROM items WHERE status = 'queued' AND split = 'train' "
+            "AND round < ? AND task_id IS NOT NULL ORDER BY round, item_id",
+            (number,),
+        )
+        return [(r["item_id"], int(r["task_id"])) for r in rows]
+
+    def release_stale(self, number: int, item_ids: Sequence[str]) -> int:
+        """Items whose earlier-round tasks were withdrawn go back to the pool (their round's
+        pushes forget them); returns how many."""
+        now = iso(utcnow())
+        n = 0
+        why = f"still open when round {number} was pushed; back in the pool"
+        with self.tx() as c:
+            for item in item_ids:
+                row = c.execute(
+                    "SELECT round, task_id FROM items WHERE item_id = ? AND status = 'queued' "
+                    "AND round < ?",
+                    (item, number),
+                ).fetchone()
+                if row is not None:
+                    n += self._back_to_pool(c, item, int(row[0]), now, why, task_id=row[1])
+        return n
+
     def batch_progress(self, number: int) -> tuple[int, int]:
         """``(done, total)`` of the items pushed in a round (done = labeled/skipped/invalid)."""
         row = self.query(
