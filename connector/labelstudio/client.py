@@ -86,6 +86,7 @@ class LabelStudioClient:
         self.retry_max_wait_s = retry_max_wait_s
         self._token = token
         self._sdk: LabelStudio | None = None
+        self._outages = policy.Outages()
 
     def __repr__(self) -> str:  # never the token
         return f"LabelStudioClient(url={self.url!r}, project_id={self.project_id})"
@@ -164,6 +165,7 @@ class LabelStudioClient:
             translate=lambda exc: self.translate(exc, what, not_found),
             attempts=self.retry_attempts,
             max_wait_s=self.retry_max_wait_s,
+            outages=self._outages,
         )
 
     # ------------------------------------------------------------------ projects

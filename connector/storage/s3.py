@@ -218,6 +218,7 @@ class S3Store:
         self.page_size = page_size
         self.retry_attempts = retry_attempts
         self.retry_max_wait_s = retry_max_wait_s
+        self._outages = retry.Outages()
         config = Config(
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
@@ -266,6 +267,7 @@ class S3Store:
             ),
             attempts=self.retry_attempts,
             max_wait_s=self.retry_max_wait_s,
+            outages=self._outages,
         )
 
     def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
