@@ -22,6 +22,7 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
+    stop_never,
     wait_random_exponential,
 )
 
@@ -138,3 +139,33 @@ def call(
             raise
         raise err from exc
     raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def until_up(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    is_transient: Callable[[BaseException], bool],
+    max_wait_s: float = 60.0,
+) -> T:
+    """``fn()``, tried until it does not fail with an error ``is_transient`` accepts.
+
+    For a daemon's start-up, where the services may come up after it: ``fn`` runs its
+    own bounded retries (``call``), so each failure here is one retry cycle and logs one
+    WARNING with the error, which names the fix. Waits are jittered exponential up to
+    ``max_wait_s``; there is no cap on tries (a signal stops the wait).
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s: waiting for the services (%s); next try in %.0f s", what, exc, wait)
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_random_exponential(multiplier=1.0, max=max_wait_s),
+        stop=stop_never,
+        reraise=True,
+        before_sleep=before_sleep,
+    )
+    return retrying(fn)

@@ -258,6 +258,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         ids = [t.item_id for t in tasks]
         if len(set(ids)) != len(ids):
             raise ValueError("push got the same item_id twice; each item is one task")
+        self.connect_pending_storage()
         mapping = self.existing_tasks(ids)
         todo = [t for t in tasks if t.item_id not in mapping]
         if mapping:

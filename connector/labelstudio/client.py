@@ -124,6 +124,14 @@ class LabelStudioClient:
 
     def translate(self, exc: Exception, what: str, not_found: str | None = None) -> BaseException:
         """The connector error for an SDK/HTTP exception; any other comes back unchanged."""
+        if isinstance(exc, ApiError) and is_transient(exc):
+            # The server answered, with an error: its detail, never str(ApiError) (which
+            # dumps the raw response headers).
+            return ServiceUnavailable(
+                f"Label Studio at {self.url} answered HTTP {exc.status_code} to '{what}' "
+                f"{self.retry_attempts} times ({api_detail(exc)}); look in the Label Studio "
+                "server's log for the cause, then retry"
+            )
         if is_transient(exc):
             cause = f"{type(exc).__name__}: {exc}"[:300]
             return ServiceUnavailable(

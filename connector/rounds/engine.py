@@ -144,7 +144,11 @@ class RoundEngine:
         if self.state.get_meta(PAUSED) == "1":
             return None
         if current is None:
-            return "cold-start"
+            # An empty bucket or prefix: wait for images rather than run an empty round
+            # (which would WAIT for labels that can never come).
+            if not self.state.count_items().get("discovered"):
+                self.list_pool()
+            return "cold-start" if self.state.count_items().get("discovered") else None
         if current.phase not in (Phase.WAIT, Phase.DONE):
             return None
         if self.state.get_meta(START_NOW) == "1":
