@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from connector import retry
@@ -41,6 +42,7 @@ def open_store(settings: Settings) -> S3Store | LocalStore:
             secret_access_key=(
                 s.secret_access_key.get_secret_value() if s.secret_access_key else None
             ),
+            ca_bundle=s.ca_bundle,
         )
     assert s.local_root is not None
     return LocalStore(
@@ -77,6 +79,7 @@ def open_labeling(
             image_classification_config(
                 settings.labels.classes, image_field=ls.image_field, choices_name=ls.choices_name
             ),
+            ca_bundle=_ca(ls.ca_bundle),
         )
         log.info("using Label Studio project %d (%s)", project_id, ls.project_title)
     if state is not None:
@@ -111,7 +114,12 @@ def _adapter(settings: Settings, token: str, project_id: int) -> LabelStudioAdap
         import_chunk_size=ls.import_chunk_size,
         multi_annotation=ls.multi_annotation,
         timeout_s=ls.timeout_s,
+        ca_bundle=_ca(ls.ca_bundle),
     )
+
+
+def _ca(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def _storage_connection(settings: Settings) -> dict[str, Any]:

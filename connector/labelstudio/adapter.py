@@ -91,6 +91,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
         import_timeout_s: float = 300.0,
         retry_attempts: int = 5,
         retry_max_wait_s: float = 20.0,
+        ca_bundle: str | None = None,
     ) -> None:
         if multi_annotation not in RULES:
             raise ConfigError(
@@ -115,6 +116,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin):
             timeout_s=timeout_s,
             retry_attempts=retry_attempts,
             retry_max_wait_s=retry_max_wait_s,
+            ca_bundle=ca_bundle,
         )
         self._config: LabelConfigInfo | None = None
         self._to_class: dict[str, str] | None = None

@@ -78,8 +78,10 @@ class LabelStudioClient:
         timeout_s: float = 30.0,
         retry_attempts: int = 5,
         retry_max_wait_s: float = 20.0,
+        ca_bundle: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.ca_bundle = ca_bundle
         self.project_id = int(project_id)
         self.timeout_s = timeout_s
         self.retry_attempts = retry_attempts
@@ -101,7 +103,14 @@ class LabelStudioClient:
             try:
                 # SDK retries off everywhere: the shared policy retries, once.
                 self._sdk = LabelStudio(
-                    base_url=self.url, api_key=self._token, timeout=self.timeout_s, max_retries=0
+                    base_url=self.url,
+                    api_key=self._token,
+                    timeout=self.timeout_s,
+                    max_retries=0,
+                    # TLS is always verified; a private CA's bundle replaces the system's.
+                    httpx_client=httpx.Client(
+                        timeout=self.timeout_s, verify=self.ca_bundle or True
+                    ),
                 )
             except ApiError as exc:  # an expired or malformed JWT is refused here
                 raise self.auth_error(exc) from None
