@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connector.contracts.errors import ConfigError
+from connector import retry
+from connector.contracts.errors import ConfigError, ServiceUnavailable
 from connector.contracts.learner import Learner
 from connector.contracts.ports import ProjectInfo
 from connector.labelstudio.config import image_classification_config
@@ -47,6 +49,7 @@ def open_store(settings: Settings) -> S3Store | LocalStore:
             secret_access_key=(
                 s.secret_access_key.get_secret_value() if s.secret_access_key else None
             ),
+            ca_bundle=s.ca_bundle,
         )
     assert s.local_root is not None
     return LocalStore(
@@ -57,9 +60,13 @@ def open_store(settings: Settings) -> S3Store | LocalStore:
 
 
 def open_labeling(
-    settings: Settings, state: StateDB | None = None
+    settings: Settings, state: StateDB | None = None, store: S3Store | LocalStore | None = None
 ) -> tuple[LabelStudioAdapter, ProjectInfo]:
-    """The Label Studio adapter on the configured project, created if needed."""
+    """The Label Studio adapter on the configured project, created if needed.
+
+    With ``storage.connect_label_studio``, the bucket is checked first (a missing bucket
+    is a ``ConfigError`` naming it); an empty bucket or prefix, which Label Studio
+    refuses to connect, is connected before the first push instead."""
     from connector.labelstudio.adapter import LabelStudioAdapter
 
     ls = settings.label_studio
@@ -81,6 +88,7 @@ def open_labeling(
             image_classification_config(
                 settings.labels.classes, image_field=ls.image_field, choices_name=ls.choices_name
             ),
+            ca_bundle=_ca(ls.ca_bundle),
         )
         log.info("using Label Studio project %d (%s)", project_id, ls.project_title)
     if state is not None:
@@ -88,8 +96,17 @@ def open_labeling(
     adapter = _adapter(settings, token, project_id)
     info = adapter.check_project(settings.labels.classes)
     if settings.storage.kind == "s3" and settings.storage.connect_label_studio:
-        # Idempotent: an existing connection to the bucket/prefix is reused, never synced.
-        adapter.connect_source_storage(**_storage_connection(settings))
+        store = store or open_store(settings)
+        if store.check().get("prefix_empty"):
+            log.warning(
+                "%s is empty: al-connector waits for images, and connects it to Label "
+                "Studio before the first push",
+                store.describe(),
+            )
+            adapter.defer_source_storage(**_storage_connection(settings))
+        else:
+            # Idempotent: an existing connection to the bucket/prefix is reused, never synced.
+            adapter.connect_source_storage(**_storage_connection(settings))
     return adapter, info
 
 
@@ -108,7 +125,12 @@ def _adapter(settings: Settings, token: str, project_id: int) -> LabelStudioAdap
         import_chunk_size=ls.import_chunk_size,
         multi_annotation=ls.multi_annotation,
         timeout_s=ls.timeout_s,
+        ca_bundle=_ca(ls.ca_bundle),
     )
+
+
+def _ca(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def _storage_connection(settings: Settings) -> dict[str, Any]:
@@ -135,6 +157,24 @@ def classes_for(settings: Settings, info: ProjectInfo) -> list[str]:
     return list(dict.fromkeys(mapped))
 
 
+def build_app_when_up(
+    settings: Settings, *, learner: Learner | None = None, max_wait_s: float = 60.0
+) -> App:
+    """``build_app``, tried again while Label Studio or the bucket is unreachable.
+
+    For ``run``: a daemon started before its services waits for them (a WARNING per
+    try, jittered exponential waits up to ``max_wait_s``) and starts working when they
+    answer; a Ctrl-C stops the wait. ``check`` does not wait: it fails fast.
+    Configuration errors (a rejected token, a missing bucket) are never retried.
+    """
+    return retry.until_up(
+        lambda: build_app(settings, learner=learner),
+        what="start-up",
+        is_transient=lambda exc: isinstance(exc, ServiceUnavailable),
+        max_wait_s=max_wait_s,
+    )
+
+
 @dataclass
 class App:
     settings: Settings
@@ -147,7 +187,7 @@ def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
     resolve_plan(settings)
     state = StateDB(settings.db_path())
     store = open_store(settings)
-    labeling, info = open_labeling(settings, state)
+    labeling, info = open_labeling(settings, state, store)
     classes = classes_for(settings, info)
     cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))
     if learner is None:

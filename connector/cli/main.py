@@ -82,13 +82,13 @@ def main(log_level: str) -> None:
 @click.option("--once", is_flag=True, help="Run every job once and exit (tests, cron).")
 def run(config_path: Path | None, once: bool) -> None:
     """Run the daemon: poll, train, score, select, push, watch; round after round."""
-    from connector.app import build_app
+    from connector.app import build_app_when_up
     from connector.cli.progress import terminal_progress
     from connector.ops.daemon import Daemon
 
     settings = _load(config_path)
     try:
-        app = build_app(settings)
+        app = build_app_when_up(settings)  # waits for services that are not up yet
         daemon = Daemon(settings, app.engine)
         shown = terminal_progress()
         if shown is not None:

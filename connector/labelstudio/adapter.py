@@ -90,6 +90,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
         import_timeout_s: float = 300.0,
         retry_attempts: int = 5,
         retry_max_wait_s: float = 20.0,
+        ca_bundle: str | None = None,
     ) -> None:
         if multi_annotation not in RULES:
             raise ConfigError(
@@ -114,6 +115,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
             timeout_s=timeout_s,
             retry_attempts=retry_attempts,
             retry_max_wait_s=retry_max_wait_s,
+            ca_bundle=ca_bundle,
         )
         self._config: LabelConfigInfo | None = None
         self._to_class: dict[str, str] | None = None
@@ -258,6 +260,7 @@ class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
         ids = [t.item_id for t in tasks]
         if len(set(ids)) != len(ids):
             raise ValueError("push got the same item_id twice; each item is one task")
+        self.connect_pending_storage()
         mapping = self.existing_tasks(ids)
         # Import order is queue order: Label Studio serves tasks by id (docs/labelstudio.md).
         todo = sorted((t for t in tasks if t.item_id not in mapping), key=lambda t: t.priority)

@@ -12,7 +12,7 @@ from typing import Any
 
 from label_studio_sdk.core.api_error import ApiError
 
-from connector.contracts.errors import ConfigError
+from connector.contracts.errors import AuthError, ConfigError, ConnectorError
 from connector.labelstudio.client import LOOKUP_FIELDS, LOOKUP_PAGE, LabelStudioClient
 from connector.labelstudio.config import LabelConfigInfo
 from connector.labelstudio.query import ITEM_KEY, PRIORITY_KEY, dm_filter
@@ -26,6 +26,7 @@ class LabelStudioAdminMixin:
     ls: LabelStudioClient
     project_id: int
     choices_name: str
+    _pending_storage: dict[str, Any] | None = None
 
     def _label_config(self) -> LabelConfigInfo:
         raise NotImplementedError
@@ -52,6 +53,44 @@ class LabelStudioAdminMixin:
         """
         if not bucket:
             raise ConfigError("storage.bucket is not set; the bucket cannot be connected")
+        try:
+            return self._connect_source_storage(
+                bucket, prefix, endpoint, region, access_key_id, secret_access_key, presign, title
+            )
+        except ConnectorError as exc:
+            if isinstance(exc, AuthError) or not isinstance(exc.__cause__, ApiError):
+                raise  # the token, or Label Studio down: their messages name the fix
+            where = f"s3://{bucket}/{prefix}" + (f" at {endpoint}" if endpoint else "")
+            raise ConfigError(
+                f"Label Studio could not connect {where} as source storage ({exc}); check "
+                f"that bucket {bucket!r} exists and holds objects under prefix {prefix!r}, "
+                "and that the Label Studio server reaches the endpoint with the storage "
+                "credentials (or set storage.connect_label_studio = false and connect "
+                "the bucket in the project's Cloud Storage settings yourself)"
+            ) from None
+
+    def defer_source_storage(self, **connection: Any) -> None:
+        """Connect the bucket before the next push instead of now (its prefix is empty,
+        which Label Studio refuses to connect; nothing is pushed before objects exist)."""
+        self._pending_storage = connection
+
+    def connect_pending_storage(self) -> None:
+        pending = getattr(self, "_pending_storage", None)
+        if pending:
+            self.connect_source_storage(**pending)
+            self._pending_storage = None
+
+    def _connect_source_storage(
+        self,
+        bucket: str,
+        prefix: str,
+        endpoint: str | None,
+        region: str | None,
+        access_key_id: str | None,
+        secret_access_key: str | None,
+        presign: bool,
+        title: str | None,
+    ) -> int:
         existing = self.ls.call(
             "list source storages", self.ls.sdk.import_storage.s3.list, project=self.project_id
         )

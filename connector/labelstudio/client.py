@@ -78,14 +78,17 @@ class LabelStudioClient:
         timeout_s: float = 30.0,
         retry_attempts: int = 5,
         retry_max_wait_s: float = 20.0,
+        ca_bundle: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.ca_bundle = ca_bundle
         self.project_id = int(project_id)
         self.timeout_s = timeout_s
         self.retry_attempts = retry_attempts
         self.retry_max_wait_s = retry_max_wait_s
         self._token = token
         self._sdk: LabelStudio | None = None
+        self._outages = policy.Outages()
 
     def __repr__(self) -> str:  # never the token
         return f"LabelStudioClient(url={self.url!r}, project_id={self.project_id})"
@@ -100,7 +103,14 @@ class LabelStudioClient:
             try:
                 # SDK retries off everywhere: the shared policy retries, once.
                 self._sdk = LabelStudio(
-                    base_url=self.url, api_key=self._token, timeout=self.timeout_s, max_retries=0
+                    base_url=self.url,
+                    api_key=self._token,
+                    timeout=self.timeout_s,
+                    max_retries=0,
+                    # TLS is always verified; a private CA's bundle replaces the system's.
+                    httpx_client=httpx.Client(
+                        timeout=self.timeout_s, verify=self.ca_bundle or True
+                    ),
                 )
             except ApiError as exc:  # an expired or malformed JWT is refused here
                 raise self.auth_error(exc) from None
@@ -123,6 +133,14 @@ class LabelStudioClient:
 
     def translate(self, exc: Exception, what: str, not_found: str | None = None) -> BaseException:
         """The connector error for an SDK/HTTP exception; any other comes back unchanged."""
+        if isinstance(exc, ApiError) and is_transient(exc):
+            # The server answered, with an error: its detail, never str(ApiError) (which
+            # dumps the raw response headers).
+            return ServiceUnavailable(
+                f"Label Studio at {self.url} answered HTTP {exc.status_code} to '{what}' "
+                f"{self.retry_attempts} times ({api_detail(exc)}); look in the Label Studio "
+                "server's log for the cause, then retry"
+            )
         if is_transient(exc):
             cause = f"{type(exc).__name__}: {exc}"[:300]
             return ServiceUnavailable(
@@ -164,6 +182,7 @@ class LabelStudioClient:
             translate=lambda exc: self.translate(exc, what, not_found),
             attempts=self.retry_attempts,
             max_wait_s=self.retry_max_wait_s,
+            outages=self._outages,
         )
 
     # ------------------------------------------------------------------ projects

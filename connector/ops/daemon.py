@@ -60,6 +60,7 @@ class Daemon:
     _signals: int = 0
     _heartbeat: float = field(default_factory=time.time)
     _notifiers: list[Notifier] | None = None
+    _last_error: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ jobs
     def _job(self, name: str, fn: Callable[[], Any]) -> Callable[[], None]:
@@ -70,18 +71,27 @@ class Daemon:
                 fn()
             except ConnectorError as exc:
                 # A clear, user-facing error (service down, bad token): log it plainly.
-                log.error("%s job failed: %s", name, exc)
+                self._log_once(name, logging.ERROR, f"{name} job failed: {exc}")
                 self.metrics.job_done(name, ok=False)
                 return
             except Exception:
                 self.metrics.job_done(name, ok=False)
                 log.exception("%s job failed; it runs again on its schedule", name)
                 return
+            if self._last_error.pop(name, None) is not None:
+                log.info("%s job works again", name)
             self.metrics.job_done(name, ok=True)
             self._heartbeat = time.time()
             self.metrics.heartbeat.set(self._heartbeat)
 
         return run
+
+    def _log_once(self, key: str, level: int, message: str) -> None:
+        """Log ``message``, at DEBUG while it repeats under ``key``: an outage fails every
+        tick of a job the same way, and a line per tick would bury the log."""
+        again = self._last_error.get(key) == message
+        self._last_error[key] = message
+        log.log(logging.DEBUG if again else level, "%s", message)
 
     def _call(self, service: str, fn: Callable[[], T]) -> T:
         """``fn()``, a call to ``service``: its outcome is the service's readiness, and a
@@ -128,7 +138,11 @@ class Daemon:
             try:
                 self._call(service, probe)
             except Exception as exc:  # already counted and alerted by _call
-                log.warning("watch: %s check failed: %s", alerts.SERVICES[service], exc)
+                message = f"watch: {alerts.SERVICES[service]} check failed: {exc}"
+                self._log_once(f"watch:{service}", logging.WARNING, message)
+                continue
+            if self._last_error.pop(f"watch:{service}", None) is not None:
+                log.info("watch: %s answers again", alerts.SERVICES[service])
         alerts.detect(state, self.settings.alerts)
         if self._notifiers is None:
             self._notifiers = build_notifiers(self.settings.alerts)

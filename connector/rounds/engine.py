@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from connector.contracts.errors import AuthError, ConfigError
+from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
 from connector.contracts.learner import Learner
 from connector.rounds import commands, phases, report, stopping
 from connector.rounds.context import (
@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 #: Errors that retrying cannot fix: the round fails at once.
 CONFIGURATION_ERRORS = (ConfigError, AuthError)
 MAX_BACKOFF_S = 1800.0
+#: A phase stopped by an outage (``ServiceUnavailable``) is tried again at least this
+#: often and never goes to FAILED: the daemon's ``service_unreachable`` alert tells a
+#: person, and the round resumes by itself when the service is back.
+OUTAGE_MAX_BACKOFF_S = 60.0
 
 
 class RoundEngine:
@@ -146,7 +150,11 @@ class RoundEngine:
         if self.state.get_meta(PAUSED) == "1":
             return None
         if current is None:
-            return "cold-start"
+            # An empty bucket or prefix: wait for images rather than run an empty round
+            # (which would WAIT for labels that can never come).
+            if not self.state.count_items().get("discovered"):
+                self.list_pool()
+            return "cold-start" if self.state.count_items().get("discovered") else None
         if current.phase not in (Phase.WAIT, Phase.DONE):
             return None
         if self.state.get_meta(START_NOW) == "1":
@@ -252,20 +260,25 @@ class RoundEngine:
             self._fail(rnd, error, "a configuration error is not retried")
             return
         attempts = rnd.attempts + 1
-        if attempts >= self.cfg.max_phase_attempts:
+        outage = isinstance(exc, ServiceUnavailable)
+        if attempts >= self.cfg.max_phase_attempts and not outage:
             if not isinstance(exc, (OSError, ConnectionError, TimeoutError)):
                 log.error("round %d: %s failed", rnd.round, phase, exc_info=exc)
             self._fail(rnd, error, f"it failed {attempts} times in a row")
             return
-        wait = min(self.cfg.retry_backoff_seconds * 2 ** (attempts - 1), MAX_BACKOFF_S)
+        cap = OUTAGE_MAX_BACKOFF_S if outage else MAX_BACKOFF_S
+        wait = min(self.cfg.retry_backoff_seconds * 2 ** min(attempts - 1, 20), cap)
         retry_at = utcnow() + timedelta(seconds=wait)
         self.state.phase_attempt_failed(rnd.round, error, iso(retry_at))
-        log.warning(
-            "round %d: %s failed (attempt %d of %d): %s; next attempt in %.0f s",
+        budget = "until it answers" if outage else f"of {self.cfg.max_phase_attempts}"
+        # An outage is logged when it stops the phase; its further tries at DEBUG.
+        log.log(
+            logging.DEBUG if outage and attempts > 1 else logging.WARNING,
+            "round %d: %s failed (attempt %d %s): %s; next attempt in %.0f s",
             rnd.round,
             phase,
             attempts,
-            self.cfg.max_phase_attempts,
+            budget,
             error,
             wait,
         )

@@ -26,6 +26,7 @@ from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
 from connector.rounds.plan import RoundPlan
 from connector.rounds.selection import Pick, picks, sample_candidates
 from connector.state import Phase, Round, SelectedItem
+from connector.storage.window import raise_store_errors
 from strategies import ItemScorer, PoolOutputs, Selection, item_scores
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ def score(ctx: RoundContext, rnd: Round) -> None:
         t0 = time.perf_counter()
         scored = ctx.learner.score(
             model,
-            ctx.ports.store.read_many(ids, max_workers=ctx.cfg.read_concurrency),
+            raise_store_errors(
+                ctx.ports.store.read_many(ids, max_workers=ctx.cfg.read_concurrency)
+            ),
             with_embeddings=strategy.needs_embeddings,
             mc_samples=plan.mc_samples if trained else 1,
             seed=ctx.cfg.seed * 100_003 + rnd.round,

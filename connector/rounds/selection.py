@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from connector.contracts.ports import ObjectStore
+from connector.storage.window import raise_store_errors
 from strategies import PoolOutputs, Selection
 
 #: A chosen item: (item id, acquisition score, predicted class, confidence).
@@ -89,7 +90,7 @@ def readable_prefix(
     while len(good) < n and pos < len(ordered):
         chunk = list(ordered[pos : pos + max(8, 2 * (n - len(good)))])
         pos += len(chunk)
-        for key, data in store.read_many(chunk, max_workers=max_workers):
+        for key, data in raise_store_errors(store.read_many(chunk, max_workers=max_workers)):
             problem = image_problem(data)
             if problem is None:
                 good.append(key)

@@ -43,6 +43,11 @@ class LabelStudioSettings(_Section):
     )
     import_chunk_size: int = Field(500, ge=1, le=5000, description="Tasks per import call.")
     timeout_s: float = Field(30.0, gt=0, description="HTTP timeout per request, seconds.")
+    ca_bundle: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that signs Label Studio's TLS certificate, for a "
+        "private CA; unset = the system's CAs. Verification is always on.",
+    )
 
     def resolved_token(self) -> SecretStr:
         """The token from ``token`` or ``token_file``; a ConfigError naming the fix if none."""
@@ -92,6 +97,11 @@ class StorageSettings(_Section):
         True,
         description="Connect the bucket to the project as source storage so Label Studio "
         "can resolve s3:// URLs (never synced).",
+    )
+    ca_bundle: Path | None = Field(
+        None,
+        description="CA bundle (PEM) that signs the S3 endpoint's TLS certificate, for a "
+        "private CA; unset = the system's CAs. Verification is always on.",
     )
     presign_urls: bool = Field(
         True,

@@ -29,9 +29,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
+from connector.contracts.errors import ConfigError
 from connector.contracts.ports import ObjectStore
 from connector.files import atomic_write_bytes
+from connector.storage.window import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ CREATE INDEX IF NOT EXISTS entries_key ON entries (key);
 CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_access);
 """
 _EXT_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
-#: Errors of a whole store, not of one item: ``ensure_many`` raises these at once.
-_STORE_ERRORS = (AuthError, ServiceUnavailable, ConfigError)
 
 
 def entry_hash(key: str, etag: str) -> str:
@@ -247,7 +246,7 @@ class LabeledCache:
                         continue
                 misses.append(key)
             for key, result in store.read_many(misses, max_workers=max_workers):
-                if isinstance(result, _STORE_ERRORS):
+                if isinstance(result, STORE_ERRORS):
                     raise result
                 if isinstance(result, Exception):
                     out[key] = result

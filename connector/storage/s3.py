@@ -184,7 +184,8 @@ class S3Store:
     Credentials come from the arguments or, when those are None, boto3's usual chain
     (environment, shared profile, instance role). botocore's own retries are off: the
     shared policy retries transient errors (``retry_attempts`` tries in all, jittered
-    exponential waits capped at ``retry_max_wait_s``). Keys in and out are relative to
+    exponential waits capped at ``retry_max_wait_s``). TLS certificates are verified,
+    against ``ca_bundle`` when given. Keys in and out are relative to
     ``prefix`` (normalised to end with ``/``).
     """
 
@@ -205,6 +206,7 @@ class S3Store:
         read_timeout_s: float = 30.0,
         retry_attempts: int = 5,
         retry_max_wait_s: float = 20.0,
+        ca_bundle: Path | None = None,
     ) -> None:
         if not bucket:
             raise ConfigError("storage.bucket is empty; set it to the pool bucket's name")
@@ -218,6 +220,7 @@ class S3Store:
         self.page_size = page_size
         self.retry_attempts = retry_attempts
         self.retry_max_wait_s = retry_max_wait_s
+        self._outages = retry.Outages()
         config = Config(
             connect_timeout=connect_timeout_s,
             read_timeout=read_timeout_s,
@@ -236,6 +239,8 @@ class S3Store:
                 aws_secret_access_key=secret_access_key,
                 aws_session_token=session_token,
                 config=config,
+                # TLS is always verified; a private CA's bundle replaces the system's.
+                verify=str(ca_bundle) if ca_bundle else True,
             )
 
     def __repr__(self) -> str:
@@ -266,6 +271,7 @@ class S3Store:
             ),
             attempts=self.retry_attempts,
             max_wait_s=self.retry_max_wait_s,
+            outages=self._outages,
         )
 
     def list_objects(self, start_after: str | None = None) -> Iterator[ObjectInfo]:

@@ -11,6 +11,29 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
+
+#: Errors of a whole store, not of one item: a read that meets one stops the job, so an
+#: outage never quarantines good items as unreadable.
+STORE_ERRORS = (AuthError, ServiceUnavailable, ConfigError)
+
+
+def raise_store_errors(
+    items: Iterable[tuple[str, bytes | Exception]],
+) -> Iterator[tuple[str, bytes | Exception]]:
+    """``items`` (what ``read_many`` yields), raising the first error of the whole store.
+
+    Per-item errors pass on for the caller to quarantine; a ``KeyError`` (the object was
+    deleted after it was listed) becomes a ``LookupError`` whose text says so.
+    """
+    for key, data in items:
+        if isinstance(data, STORE_ERRORS):
+            raise data
+        if isinstance(data, KeyError):
+            yield key, LookupError(f"{key!r} was deleted from the store after it was listed")
+        else:
+            yield key, data
+
 
 def read_many_ordered(
     read: Callable[[str], bytes], keys: Iterable[str], max_workers: int = 8
