@@ -76,8 +76,8 @@ def requeue(
     older_than: str,
     yes: bool,
 ) -> None:
-    """Re-send items on purpose: each open task is deleted and a new one pushed at the
-    front of the queue, with an item_requeued alert."""
+    """Re-send items on purpose: each open task is deleted and a new one pushed in the
+    current round, served after its other open tasks, with an item_requeued alert."""
 
     def check(settings: Settings, state: StateDB) -> Any:
         admin = rounds_admin()

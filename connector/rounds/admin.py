@@ -318,5 +318,5 @@ def check_requeue(state: StateDB, keys: Sequence[str]) -> Checked:
         "requeue",
         {"keys": list(keys)},
         f"re-send {len(keys)} item(s): delete each one's open task in Label Studio and push "
-        "a new one at the front of the queue (an item_requeued alert each)",
+        "a new one, served after the round's open tasks (an item_requeued alert each)",
     )

@@ -161,8 +161,9 @@ def _exclude(ctx: RoundContext, number: int, args: dict[str, Any]) -> None:
 
 
 def _requeue(ctx: RoundContext, number: int, args: dict[str, Any]) -> None:
-    """Withdraw each item's open task and push a new one at the front of the queue, in the
-    current round, under its model version (without a prelabel: no model is loaded here)."""
+    """Withdraw each item's open task and push a new one in the current round (the newest
+    task id: served after the round's other open tasks), under its model version (without
+    a prelabel: no model is loaded here)."""
     current = ctx.state.current_round()
     if current is None:
         raise Refused("no round has pushed anything yet")
