@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -139,9 +139,9 @@ class FakeLabeling:
                 gone.append(task_id)
         return gone
 
-    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
-        known = {t.id for t in self.tasks.values()}
-        return [t for t in task_ids if t not in known]
+    def missing_tasks(self, tasks: Mapping[int, str]) -> list[int]:
+        holds = {t.id: item for item, t in self.tasks.items()}
+        return [t for t, item in tasks.items() if holds.get(t) != item]
 
     def annotate(self, item_id: str, status: str, label: str | None = None) -> None:
         task = self.tasks[item_id]

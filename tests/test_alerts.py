@@ -10,6 +10,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -176,6 +177,20 @@ def test_task_deleted_by_hand_goes_missing_back_to_the_pool_and_clears(
     repushed = [k for k in gone if engine.state.item(k).status != "missing"]  # type: ignore[union-attr]
     open_missing = [a for a in engine.state.alerts() if a["kind"] == "task_missing"]
     assert bool(open_missing) == (len(repushed) < 2)
+
+
+def test_a_task_id_that_now_holds_another_item_counts_as_missing(
+    tmp_path: Path, digit_objects: Any
+) -> None:
+    daemon, labeling, _ = _started(tmp_path, digit_objects)
+    engine = daemon.engine
+    gone = sorted(labeling.tasks)[0]
+    # deleted by hand, and the next import (another item) got its id
+    labeling.tasks["pool/intruder.png"] = replace(labeling.tasks.pop(gone), item_id="x")
+    daemon.watch()
+    missing = [a for a in engine.state.alerts() if a["kind"] == "task_missing"]
+    assert [a["items"] for a in missing] == [[gone]]
+    assert engine.state.item(gone).status == "missing"  # type: ignore[union-attr]
 
 
 def test_a_push_of_an_item_already_labeled_is_refused_and_alerted(

@@ -159,6 +159,26 @@ def test_push_imports_tasks_with_predictions(
     assert ids == sorted(ids)
 
 
+def test_missing_tasks_sees_a_deleted_task_whose_id_was_given_to_another_item(
+    ls_project: LabelStudioProject, ls_client: LabelStudio
+) -> None:
+    adapter = ls_project.adapter()
+    first = adapter.push(_tasks(3), "r1")
+    newest_item = max(first, key=lambda k: first[k])
+    newest = first[newest_item]
+    kept = {t: i for i, t in first.items() if t != newest}
+    assert adapter.missing_tasks({t: i for i, t in first.items()}) == []
+    ls_client.tasks.delete(id=newest)  # by hand
+    assert adapter.missing_tasks({newest: newest_item}) == [newest]
+    later = adapter.push(_tasks(1, start=3), "r1")
+    reused = later["pool/digit-00003.png"]
+    # SQLite gives the deleted newest id to the next import: the id alone looks present
+    if reused == newest:
+        assert newest in {t.id for t in _all_tasks(ls_client, ls_project.id)}
+    assert adapter.missing_tasks({newest: newest_item, **kept}) == [newest]
+    assert adapter.missing_tasks({reused: "pool/digit-00003.png"}) == []
+
+
 def test_push_twice_does_not_duplicate(
     ls_project: LabelStudioProject, ls_client: LabelStudio
 ) -> None:

@@ -7,7 +7,7 @@ round code runs against the real servers (``labelstudio.LabelStudioAdapter``,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -173,7 +173,9 @@ class LabelingBackend(Protocol):
         """The label state of every connector task updated since ``since`` (all if None)."""
         ...
 
-    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
-        """Those of these task ids that no longer exist (deleted by hand). Its cost follows
-        the number of ids asked about, not the project's size."""
+    def missing_tasks(self, tasks: Mapping[int, str]) -> list[int]:
+        """Of these open tasks (``task_id -> item_id``), those that no longer exist
+        (deleted by hand), or whose id now holds another item (Label Studio on SQLite
+        gives a deleted newest task's id to the next import). Its cost follows the number
+        of tasks asked about, not the project's size."""
         ...

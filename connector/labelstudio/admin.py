@@ -7,7 +7,7 @@ annotator helpers the demo and tests use. Mixed into ``LabelStudioAdapter``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from label_studio_sdk.core.api_error import ApiError
@@ -144,21 +144,27 @@ class LabelStudioAdminMixin:
             log.info("project %d: %d tasks withdrawn", self.project_id, len(gone))
         return gone
 
-    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
-        """Those of these task ids that no longer exist in the project (deleted by hand).
+    def missing_tasks(self, tasks: Mapping[int, str]) -> list[int]:
+        """Of these open tasks (``task_id -> item_id``), those gone from the project
+        (deleted by hand) or whose id now holds another item: Label Studio on SQLite gives
+        a deleted newest task's id to the next import, so an id alone can look present.
 
-        One id-range query per window of nearby ids, reading ids only, so the cost follows
-        the open tasks asked about, not the project's size."""
-        ids = sorted({int(t) for t in task_ids})
+        One id-range query per window of nearby ids, reading ids and data only, so the
+        cost follows the open tasks asked about, not the project's size."""
+        ids = sorted({int(t) for t in tasks})
         missing: list[int] = []
         for lo, hi in _windows(ids):
-            exists = self._task_ids(_id_range(lo, hi))
-            missing += [t for t in ids if lo <= t <= hi and t not in exists]
+            holds = self._task_items(_id_range(lo, hi))
+            missing += [t for t in ids if lo <= t <= hi and holds.get(t) != tasks[t]]
         return missing
 
     def _task_ids(self, filters: list[dict[str, Any]]) -> set[int]:
+        return set(self._task_items(filters))
+
+    def _task_items(self, filters: list[dict[str, Any]]) -> dict[int, str | None]:
+        """``task_id -> item_id`` (None for a task that is not the connector's)."""
         rows = self.ls.tasks_where(filters, size=LOOKUP_PAGE, fields=LOOKUP_FIELDS)
-        return {int(t.id) for t in rows}
+        return {int(t.id): (t.data or {}).get(ITEM_KEY) for t in rows}
 
     def _delete_task(self, task_id: int) -> None:
         try:

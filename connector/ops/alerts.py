@@ -162,7 +162,7 @@ def check_missing_tasks(state: StateDB, labeling: LabelingBackend) -> dict[int, 
     queued = state.queued_tasks()
     if not queued:
         return {}
-    gone = labeling.missing_tasks(sorted(queued))
+    gone = labeling.missing_tasks(queued)
     if not gone:
         return {}
     found = state.mark_missing(

@@ -52,9 +52,9 @@ class OracleLabeling:
         known = {task_id for task_id, _ in self.tasks.values()}
         return [t for t in task_ids if t not in known]
 
-    def missing_tasks(self, task_ids: Sequence[int]) -> list[int]:
-        known = {task_id for task_id, _ in self.tasks.values()}
-        return [t for t in task_ids if t not in known]
+    def missing_tasks(self, tasks: Mapping[int, str]) -> list[int]:
+        holds = {task_id: item for item, (task_id, _) in self.tasks.items()}
+        return [t for t, item in tasks.items() if holds.get(t) != item]
 
     def poll(self, since: datetime | None) -> PollResult:
         states = [
