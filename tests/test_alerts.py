@@ -105,6 +105,23 @@ def test_both_notifiers_get_an_alert_once_then_its_resolution(
     assert "s3cret" not in caplog.text  # webhook URLs are secrets
 
 
+def test_apprise_urls_deliver_through_apprise(tmp_path: Path, receiver: Receiver) -> None:
+    # Apprise's json:// service POSTs {title, message, type} to the URL: a local receiver.
+    port = receiver.url.rsplit(":", 1)[1]
+    settings = AlertSettings(
+        apprise_urls=[f"json://127.0.0.1:{port}/apprise"],  # type: ignore[list-item]
+        notify_timeout_s=2,
+    )
+    state = StateDB(tmp_path / "s.db")
+    notifiers = build_notifiers(settings)
+    assert [n.name for n in notifiers] == ["apprise"]
+    alerts.service_failed(state, "label_studio", "ConnectError: refused")
+    assert alerts.deliver(state, notifiers, settings) == 1
+    (body,) = receiver.bodies["/apprise"]
+    assert body["title"] == "al-connector: service_unreachable"
+    assert "unreachable" in body["message"] and "`al-connector check`" in body["message"]
+
+
 def test_a_failing_notifier_is_retried_alone_and_never_stops_the_loop(
     tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
