@@ -24,6 +24,7 @@ from connector.simulation import (
     parse_strategy,
     run_simulation,
 )
+from connector.simulation.recommend import CANDIDATES, recommend
 
 TINY = SimulationConfig(
     strategies=("random", "margin", "coreset"),
@@ -131,6 +132,66 @@ def test_cli_rejects_unknown_strategy(small_folder: Path) -> None:
     result = CliRunner().invoke(simulate_cmd, [str(small_folder), "--strategies", "nope"])
     assert result.exit_code == 2
     assert "unknown strategy 'nope'" in result.output
+
+
+def _fake_run(strategy: str, seed: int, accuracy: list[float]) -> dict[str, object]:
+    labels = [20 + 10 * i for i in range(len(accuracy))]
+    return {
+        "strategy": strategy, "seed": seed, "labels": labels, "accuracy": accuracy,
+        "aubc": aubc(labels, accuracy), "final_accuracy": accuracy[-1],
+    }  # fmt: skip
+
+
+def test_recommend_never_picks_a_strategy_that_lost_to_random_on_a_seed() -> None:
+    runs = [
+        _fake_run("random", 0, [0.5, 0.6, 0.7]),
+        _fake_run("random", 1, [0.5, 0.6, 0.7]),
+        # the best mean, but worse than random on seed 1: not recommended
+        _fake_run("entropy", 0, [0.5, 0.9, 0.95]),
+        _fake_run("entropy", 1, [0.5, 0.55, 0.65]),
+        _fake_run("margin", 0, [0.5, 0.7, 0.75]),
+        _fake_run("margin", 1, [0.5, 0.65, 0.7]),
+    ]
+    rec = recommend({"runs": runs})
+    assert rec["strategy"] == "margin"
+    assert rec["settings"] == '[strategy]\nname = "margin"'
+    by = {r["strategy"]: r for r in rec["evidence"]}
+    assert by["entropy"]["seeds_lost_to_random"] == [1]
+    assert by["margin"]["seeds_lost_to_random"] == []
+    assert by["margin"]["labels_to_random_final"] == {"0": 30, "1": 40}
+    assert by["entropy"]["labels_to_random_final"]["1"] is None
+    assert rec["evidence"][0]["strategy"] == "entropy"  # best mean first, as evidence
+    # when every strategy lost somewhere, say so: random
+    rec = recommend({"runs": runs[:4]})
+    assert rec["strategy"] == "random" and "did not pay off" in rec["reason"]
+    with pytest.raises(ValueError, match="needs random"):
+        recommend({"runs": runs[2:]})
+
+
+def test_cli_recommend_writes_the_choice_and_always_runs_random(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rec"
+    args = [
+        str(small_folder), "--recommend", "--strategies", "margin", "--seeds", "0,1",
+        "--budget", "30", "--image-size", "16", "--width", "8", "--epochs", "2",
+        "--no-full-data", "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(simulate_cmd, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "simulation.json").read_text())
+    assert data["config"]["strategies"] == ["random", "margin"]
+    rec = data["recommendation"]
+    assert rec["strategy"] in ("random", "margin")
+    page = (out / "recommendation.md").read_text()
+    assert f"Use **{rec['strategy']}**" in page and "lost to random" in page
+    assert "recommendation.md" in result.output
+
+
+def test_recommend_candidates_are_registered() -> None:
+    for name in CANDIDATES:
+        parse_strategy(name)
+    assert SimulationConfig(strategies=CANDIDATES).strategies[0] == "random"
 
 
 @pytest.mark.slow
