@@ -23,6 +23,7 @@ from connector.simulation import (
     load_dataset,
     parse_strategy,
     run_simulation,
+    sharp_drops,
 )
 from connector.simulation.recommend import CANDIDATES, recommend
 
@@ -77,6 +78,12 @@ def test_aubc_is_the_normalised_trapezoid() -> None:
     assert aubc([20], [0.8]) == 0.8
     assert labels_to_reach([20, 30, 40], [0.5, 0.7, 0.9], 0.7) == 30
     assert labels_to_reach([20, 30], [0.5, 0.6], 0.7) is None
+
+
+def test_sharp_drops_count_falls_of_more_than_004_between_rounds() -> None:
+    assert sharp_drops([0.80, 0.90, 0.85, 0.86, 0.70, 0.75]) == 2
+    assert sharp_drops([0.9, 0.87, 0.9]) == 0  # noise of a small test set
+    assert sharp_drops([0.9]) == 0
 
 
 def test_simulation_result_schema_and_test_split_isolation(small_folder: Path) -> None:
