@@ -149,6 +149,14 @@ def _fake_run(strategy: str, seed: int, accuracy: list[float]) -> dict[str, obje
     }  # fmt: skip
 
 
+def test_badge_runs_through_the_round_engine(small_folder: Path) -> None:
+    """BADGE's per-item score needs embeddings, also for the report's labeled sample (the
+    engine scored that sample without them, and every BADGE round failed at SELECT)."""
+    cfg = replace(TINY, strategies=("badge",), budget=30, full_data=False)
+    res = run_simulation(load_dataset(small_folder), cfg)
+    assert res["runs"][0]["labels"] == [20, 30]
+
+
 def test_recommend_never_picks_a_strategy_that_lost_to_random_on_a_seed() -> None:
     runs = [
         _fake_run("random", 0, [0.5, 0.6, 0.7]),
