@@ -8,8 +8,13 @@ Figures:
 
 - speed: 5 strategies x 3 seeds x 10 rounds (20 -> 120 labels, 10 per round), with the
   seeds' all-labels models, end to end (decoding included). Target: <= 300 s.
-- aubc: random, entropy and margin, 3 seeds, 20 -> 200 labels by 10 (the issue's setting).
-  Reference: a plain small CNN trained from scratch with random sampling, AUBC 0.883.
+- aubc: random, entropy, margin and BADGE, 3 seeds, 20 -> 200 labels by 10 (the issue's
+  setting), with ``simulate --recommend``'s choice. Reference: a plain small CNN trained
+  from scratch with random sampling, AUBC 0.883.
+- learner: random and margin, 3 seeds, 20 -> 420 labels by 20, past the size where the
+  trainer starts holding out labels (issue 15, item 0): sharp drops (test accuracy
+  falling by more than 0.04 between consecutive rounds) per 100 round steps, and the
+  training seconds per round.
 
 Settings for digits: 16 px images (the digits are 8x8 originals, 32 px adds nothing),
 small_cnn of width 16, default training, 2 worker processes. Writes
@@ -30,6 +35,7 @@ from connector.cli.simulate import plot_curves, summary_table
 from connector.devtools.datasets import write_digits
 from connector.learning.model import ModelSpec
 from connector.simulation import SimulationConfig, load_dataset, run_simulation
+from connector.simulation.recommend import recommend
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "simulation.json"
@@ -55,19 +61,54 @@ def _run(root: Path, cfg: SimulationConfig, label: str) -> dict[str, Any]:
     return {"wall_seconds": round(wall, 2), "machine_before": before, "after": _machine(), **res}
 
 
+def _learner_run(root: Path, spec: ModelSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """Sharp drops per 100 round steps past the holdout threshold (about 300 labels)."""
+    cfg = SimulationConfig(
+        strategies=("random", "margin"),
+        seeds=(0,) if args.quick else (0, 1, 2),
+        batch=20,
+        budget=100 if args.quick else 420,
+        spec=spec,
+        full_data=False,
+        workers=args.workers,
+    )
+    res = _run(root, cfg, "learner (20 -> 420 labels, b = 20)")
+    steps = sum(len(r["accuracy"]) - 1 for r in res["runs"])
+    drops = sum(r["sharp_drops"] for r in res["runs"])
+    train = [t for r in res["runs"] for t in r["train_seconds"][1:] if t is not None]
+    out = {
+        "wall_seconds": res["wall_seconds"],
+        "machine_before": res["machine_before"],
+        "drops_per_100_steps": round(100 * drops / max(1, steps), 2),
+        "round_steps": steps,
+        "train_seconds_per_round": round(sum(train) / max(1, len(train)), 2),
+        "summary": res["summary"],
+        "runs": [
+            {k: r[k] for k in ("strategy", "seed", "labels", "accuracy", "aubc", "sharp_drops")}
+            for r in res["runs"]
+        ],
+    }
+    print(
+        f"sharp drops (> 0.04): {out['drops_per_100_steps']} per 100 round steps "
+        f"({drops} of {steps}); training {out['train_seconds_per_round']} s per round"
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.simulation")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 strategies, 3 rounds")
     parser.add_argument("--skip-aubc", action="store_true", help="only the speed run")
-    parser.add_argument("--skip-speed", action="store_true", help="only the AUBC run")
+    parser.add_argument("--skip-speed", action="store_true", help="skip the speed run")
+    parser.add_argument("--skip-learner", action="store_true", help="skip the 20 -> 420 run")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     spec = ModelSpec(image_size=16, width=16)
     out: dict[str, Any] = {"reference_aubc": REFERENCE_AUBC, "quick": args.quick}
-    if RESULTS.exists() and (args.skip_aubc or args.skip_speed):
+    if RESULTS.exists() and (args.skip_aubc or args.skip_speed or args.skip_learner):
         # keep the figures of the part not run this time
         previous = json.loads(RESULTS.read_text())
-        out.update({k: previous[k] for k in ("speed", "aubc") if k in previous})
+        out.update({k: previous[k] for k in ("speed", "aubc", "learner") if k in previous})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "digits"
         write_digits(root, layout="imagefolder")
@@ -90,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             }
         if not args.skip_aubc:
             aubc_cfg = SimulationConfig(
-                strategies=("random", "entropy", "margin"),
+                strategies=("random", "entropy", "margin", "badge"),
                 seeds=(0,) if args.quick else (0, 1, 2),
                 budget=50 if args.quick else 200,
                 spec=spec,
@@ -102,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 "wall_seconds": res["wall_seconds"],
                 "machine_before": res["machine_before"],
                 "summary": res["summary"],
+                "recommendation": recommend(res),
                 "runs": [
                     {k: r[k] for k in ("strategy", "seed", "labels", "accuracy", "aubc")}
                     for r in res["runs"]
@@ -115,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"AUBC {row['strategy']:>8}: {row['aubc_mean']:.4f} ± {row['aubc_std']:.4f}"
                     f"  (reference random, plain CNN: {REFERENCE_AUBC})"
                 )
+            print(f"recommended: {out['aubc']['recommendation']['reason']}")
+        if not args.skip_learner:
+            out["learner"] = _learner_run(root, spec, args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS}")

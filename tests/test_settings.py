@@ -185,8 +185,8 @@ def test_only_list_and_table_variables_are_json(tmp_path: Path) -> None:
 
 def test_building_settings_in_code_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALC_STRATEGY__NAME", "margin")
-    assert Settings().strategy.name == "entropy"
-    assert Settings(strategy={"batch_size": 3}).strategy.name == "entropy"
+    assert Settings().strategy.name == "badge"
+    assert Settings(strategy={"batch_size": 3}).strategy.name == "badge"
 
 
 def test_reference_lists_every_variable() -> None:

@@ -23,7 +23,9 @@ from connector.simulation import (
     load_dataset,
     parse_strategy,
     run_simulation,
+    sharp_drops,
 )
+from connector.simulation.recommend import CANDIDATES, recommend
 
 TINY = SimulationConfig(
     strategies=("random", "margin", "coreset"),
@@ -76,6 +78,12 @@ def test_aubc_is_the_normalised_trapezoid() -> None:
     assert aubc([20], [0.8]) == 0.8
     assert labels_to_reach([20, 30, 40], [0.5, 0.7, 0.9], 0.7) == 30
     assert labels_to_reach([20, 30], [0.5, 0.6], 0.7) is None
+
+
+def test_sharp_drops_count_falls_of_more_than_004_between_rounds() -> None:
+    assert sharp_drops([0.80, 0.90, 0.85, 0.86, 0.70, 0.75]) == 2
+    assert sharp_drops([0.9, 0.87, 0.9]) == 0  # noise of a small test set
+    assert sharp_drops([0.9]) == 0
 
 
 def test_simulation_result_schema_and_test_split_isolation(small_folder: Path) -> None:
@@ -131,6 +139,74 @@ def test_cli_rejects_unknown_strategy(small_folder: Path) -> None:
     result = CliRunner().invoke(simulate_cmd, [str(small_folder), "--strategies", "nope"])
     assert result.exit_code == 2
     assert "unknown strategy 'nope'" in result.output
+
+
+def _fake_run(strategy: str, seed: int, accuracy: list[float]) -> dict[str, object]:
+    labels = [20 + 10 * i for i in range(len(accuracy))]
+    return {
+        "strategy": strategy, "seed": seed, "labels": labels, "accuracy": accuracy,
+        "aubc": aubc(labels, accuracy), "final_accuracy": accuracy[-1],
+    }  # fmt: skip
+
+
+def test_badge_runs_through_the_round_engine(small_folder: Path) -> None:
+    """BADGE's per-item score needs embeddings, also for the report's labeled sample (the
+    engine scored that sample without them, and every BADGE round failed at SELECT)."""
+    cfg = replace(TINY, strategies=("badge",), budget=30, full_data=False)
+    res = run_simulation(load_dataset(small_folder), cfg)
+    assert res["runs"][0]["labels"] == [20, 30]
+
+
+def test_recommend_never_picks_a_strategy_that_lost_to_random_on_a_seed() -> None:
+    runs = [
+        _fake_run("random", 0, [0.5, 0.6, 0.7]),
+        _fake_run("random", 1, [0.5, 0.6, 0.7]),
+        # the best mean, but worse than random on seed 1: not recommended
+        _fake_run("entropy", 0, [0.5, 0.9, 0.95]),
+        _fake_run("entropy", 1, [0.5, 0.55, 0.65]),
+        _fake_run("margin", 0, [0.5, 0.7, 0.75]),
+        _fake_run("margin", 1, [0.5, 0.65, 0.7]),
+    ]
+    rec = recommend({"runs": runs})
+    assert rec["strategy"] == "margin"
+    assert rec["settings"] == '[strategy]\nname = "margin"'
+    by = {r["strategy"]: r for r in rec["evidence"]}
+    assert by["entropy"]["seeds_lost_to_random"] == [1]
+    assert by["margin"]["seeds_lost_to_random"] == []
+    assert by["margin"]["labels_to_random_final"] == {"0": 30, "1": 40}
+    assert by["entropy"]["labels_to_random_final"]["1"] is None
+    assert rec["evidence"][0]["strategy"] == "entropy"  # best mean first, as evidence
+    # when every strategy lost somewhere, say so: random
+    rec = recommend({"runs": runs[:4]})
+    assert rec["strategy"] == "random" and "did not pay off" in rec["reason"]
+    with pytest.raises(ValueError, match="needs random"):
+        recommend({"runs": runs[2:]})
+
+
+def test_cli_recommend_writes_the_choice_and_always_runs_random(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rec"
+    args = [
+        str(small_folder), "--recommend", "--strategies", "margin", "--seeds", "0,1",
+        "--budget", "30", "--image-size", "16", "--width", "8", "--epochs", "2",
+        "--no-full-data", "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(simulate_cmd, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "simulation.json").read_text())
+    assert data["config"]["strategies"] == ["random", "margin"]
+    rec = data["recommendation"]
+    assert rec["strategy"] in ("random", "margin")
+    page = (out / "recommendation.md").read_text()
+    assert f"Use **{rec['strategy']}**" in page and "lost to random" in page
+    assert "recommendation.md" in result.output
+
+
+def test_recommend_candidates_are_registered() -> None:
+    for name in CANDIDATES:
+        parse_strategy(name)
+    assert SimulationConfig(strategies=CANDIDATES).strategies[0] == "random"
 
 
 @pytest.mark.slow

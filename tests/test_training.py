@@ -19,6 +19,7 @@ from connector.learning.training import (
     class_weights,
     evaluate,
     plan_schedule,
+    refit_steps,
     stratified_holdout,
     train_classifier,
 )
@@ -115,14 +116,43 @@ def test_corrupt_labeled_image_is_left_out(digits: tuple[list[Path], list[int]])
     assert out.history["n_train"] == 20
 
 
-def test_early_stopping_uses_a_stratified_holdout(digits: tuple[list[Path], list[int]]) -> None:
+def test_holdout_chooses_the_steps_and_every_label_is_trained_on(
+    digits: tuple[list[Path], list[int]],
+) -> None:
+    """The held-out labels only choose the step count; the model kept is trained on all
+    of them (the old trainer kept the early-stopped model of the other 80%: issue 15)."""
     paths, labels = digits
-    cfg = TrainConfig(min_steps=30, max_steps=30, holdout_fraction=0.2, min_holdout=10, patience=2)
+    cfg = TrainConfig(min_steps=10, max_steps=40, holdout_fraction=0.2, min_holdout=10, patience=2)
     out = train_classifier(paths[:100], labels[:100], DIGIT_CLASSES, FAST_SPEC, cfg)
     member = out.history["members"][0]
+    trial = member["holdout_trial"]
     assert 15 <= out.history["n_holdout"] <= 25  # 20% of each class, rounded per class
-    assert 0.0 <= member["holdout_accuracy"] <= 1.0
-    assert member["best_step"] <= member["steps_run"] <= 30
+    assert out.history["n_train"] == 100
+    assert 0.0 <= trial["holdout_accuracy"] <= 1.0
+    assert trial["best_step"] <= trial["steps_run"] <= 40
+    n_trial = 100 - out.history["n_holdout"]
+    assert member["steps_run"] == refit_steps(trial, n_trial, 100, cfg)
+    assert "holdout_accuracy" not in member  # the kept model was not early-stopped
+
+
+def test_refit_steps_stay_between_the_floor_and_the_plan() -> None:
+    cfg = TrainConfig(min_steps=150, max_steps=600)
+    _, planned = plan_schedule(1000, cfg)
+    assert planned == 313  # 20 epochs of 1,000 labels by 64
+    short = {"best_step": 5, "batch_size": 64}
+    long = {"best_step": 10_000, "batch_size": 64}
+    assert refit_steps(short, 900, 1000, cfg) == cfg.min_steps
+    assert refit_steps(long, 900, 1000, cfg) == planned
+    # 10 epochs of the 900-item trial are 10 epochs of the 1,000 labels
+    assert refit_steps({"best_step": 141, "batch_size": 64}, 900, 1000, cfg) == 157
+
+
+def test_no_holdout_when_the_plan_is_at_its_floor(digits: tuple[list[Path], list[int]]) -> None:
+    paths, labels = digits
+    cfg = TrainConfig(min_steps=30, max_steps=30, holdout_fraction=0.2, min_holdout=10)
+    out = train_classifier(paths[:100], labels[:100], DIGIT_CLASSES, FAST_SPEC, cfg)
+    assert out.history["n_holdout"] == 0 and out.history["n_train"] == 100
+    assert out.history["members"][0]["steps_run"] == 30
 
 
 def test_schedule_adapts_to_the_labeled_set() -> None:

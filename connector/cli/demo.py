@@ -15,7 +15,7 @@ import click
 @click.option("--rounds", default=4, show_default=True, help="Rounds after the cold start.")
 @click.option("--batch-size", default=20, show_default=True)
 @click.option("--validation-size", default=100, show_default=True)
-@click.option("--strategy", default="margin", show_default=True)
+@click.option("--strategy", default="badge", show_default=True)
 @click.option("--images", default=600, show_default=True, help="Digits in the pool.")
 @click.option("--skip-rate", default=0.05, show_default=True, help="Tasks the annotator skips.")
 @click.option("--delay", default=0.05, show_default=True, help="Seconds per annotation.")

@@ -139,7 +139,7 @@ def score(ctx: RoundContext, rnd: Round) -> None:
         out = scored.outputs
         if trained and isinstance(strategy, ItemScorer):
             # Only a per-item score can be compared between labeled and unlabeled items.
-            pool.labeled = _score_labeled(ctx, rnd, model, plan)
+            pool.labeled = _score_labeled(ctx, rnd, model, plan, strategy.needs_embeddings)
         if strategy.needs_embeddings and trained:
             labeled = ctx.labeled("train")
             emb = ctx.learner.embed_labeled(model, [p for p, _ in labeled])
@@ -149,9 +149,12 @@ def score(ctx: RoundContext, rnd: Round) -> None:
     ctx.state.set_phase(rnd.round, Phase.SELECT)
 
 
-def _score_labeled(ctx: RoundContext, rnd: Round, model: object, plan: RoundPlan) -> object:
+def _score_labeled(
+    ctx: RoundContext, rnd: Round, model: object, plan: RoundPlan, with_embeddings: bool
+) -> object:
     """The model's outputs on a random sample of the labeled training items, for the
-    report's labeled-vs-unlabeled check (``rounds.insight``)."""
+    report's labeled-vs-unlabeled check (``rounds.insight``); with embeddings when the
+    strategy's score needs them (BADGE's gradient norm)."""
     labeled = [p for p, _ in ctx.labeled("train")]
     if not labeled:
         return None
@@ -161,7 +164,7 @@ def _score_labeled(ctx: RoundContext, rnd: Round, model: object, plan: RoundPlan
     return ctx.learner.score(
         model,
         ((str(p), p.read_bytes()) for p in paths),
-        with_embeddings=False,
+        with_embeddings=with_embeddings,
         mc_samples=plan.mc_samples,
         seed=ctx.cfg.seed * 100_003 + rnd.round + 1,
     ).outputs

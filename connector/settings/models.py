@@ -178,7 +178,7 @@ class ModelSettings(_Section):
 
 
 class StrategySettings(_Section):
-    name: str = Field("entropy", description="Acquisition strategy (see docs/strategies.md).")
+    name: str = Field("badge", description="Acquisition strategy (see docs/strategies.md).")
     params: dict[str, Any] = Field(default_factory=dict, description="Strategy parameters.")
     cold_start: str = Field(
         "random", description="Strategy of the first batch, before any model exists."

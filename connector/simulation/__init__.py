@@ -3,7 +3,7 @@ oracle labeling backend over a local dataset, to compare strategies against rand
 
 from connector.simulation.config import SimulationConfig, count_work, parse_strategy
 from connector.simulation.dataset import LabeledDataset, load_dataset
-from connector.simulation.metrics import aubc, labels_to_reach, summarise
+from connector.simulation.metrics import aubc, labels_to_reach, sharp_drops, summarise
 from connector.simulation.run import SCHEMA, oracle_engine, run_simulation
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "oracle_engine",
     "parse_strategy",
     "run_simulation",
+    "sharp_drops",
     "summarise",
 ]

@@ -22,6 +22,17 @@ def aubc(labels: Sequence[int], accuracy: Sequence[float]) -> float:
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0) / (x[-1] - x[0]))
 
 
+#: A fall in test accuracy between two consecutive rounds larger than this is a sharp drop:
+#: more than the noise of a 359-item test set (sd about 0.01 at 0.95), a learner fault.
+DROP = 0.04
+
+
+def sharp_drops(accuracy: Sequence[float], threshold: float = DROP) -> int:
+    """How many consecutive rounds lose more than ``threshold`` of test accuracy."""
+    a = np.asarray(accuracy, dtype=np.float64)
+    return int(np.sum(a[:-1] - a[1:] > threshold))
+
+
 def labels_to_reach(labels: Sequence[int], accuracy: Sequence[float], target: float) -> int | None:
     """The first number of labels at which accuracy >= target (None if never)."""
     for n, acc in zip(labels, accuracy, strict=True):
@@ -31,7 +42,8 @@ def labels_to_reach(labels: Sequence[int], accuracy: Sequence[float], target: fl
 
 
 def summarise(runs: list[dict[str, Any]], strategies: Sequence[str]) -> list[dict[str, Any]]:
-    """Per strategy: mean and std over seeds of AUBC, final accuracy, labels to 90/95%."""
+    """Per strategy: mean and std over seeds of AUBC, final accuracy, labels to 90/95%,
+    and sharp drops (``sharp_drops``) per 100 round steps, over all seeds."""
     out: list[dict[str, Any]] = []
     for s in strategies:
         rs = [r for r in runs if r["strategy"] == s]
@@ -42,6 +54,9 @@ def summarise(runs: list[dict[str, Any]], strategies: Sequence[str]) -> list[dic
             "aubc_mean": float(aubcs.mean()),
             "aubc_std": float(aubcs.std(ddof=1)) if len(rs) > 1 else 0.0,
             "final_accuracy_mean": float(np.mean([r["final_accuracy"] for r in rs])),
+            "drops_per_100_steps": 100.0
+            * sum(sharp_drops(r["accuracy"]) for r in rs)
+            / max(1, sum(len(r["accuracy"]) - 1 for r in rs)),
             "select_seconds_mean": float(
                 np.mean([np.mean(r["select_seconds"] or [0.0]) for r in rs])
             ),

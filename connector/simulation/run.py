@@ -40,7 +40,7 @@ from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
 from connector.simulation.config import SimulationConfig, parse_strategy
 from connector.simulation.dataset import DatasetStore, LabeledDataset, dataset_keys
-from connector.simulation.metrics import aubc, labels_to_reach, summarise
+from connector.simulation.metrics import aubc, labels_to_reach, sharp_drops, summarise
 from connector.simulation.oracle import OracleLabeling
 from connector.state import Phase, Round, StateDB
 from connector.storage.cache import LabeledCache
@@ -199,6 +199,7 @@ def _run(
         state.close()
     run["aubc"] = aubc(run["labels"], run["accuracy"])
     run["final_accuracy"] = run["accuracy"][-1]
+    run["sharp_drops"] = sharp_drops(run["accuracy"])
     run["selected"] = selected[cfg.initial :]
     run["validation"] = val
     run["full_data"] = full_data
