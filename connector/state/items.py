@@ -269,6 +269,16 @@ class ItemQueries(Database):
             changed[st.status] = changed.get(st.status, 0) + 1
         return changed
 
+    def invalid_with_reason(self, prefix: str) -> list[tuple[str, int | None, str]]:
+        """``(item_id, task_id, reason)`` of invalid items whose reason starts with
+        ``prefix``, in key order."""
+        rows = self.query(
+            "SELECT item_id, task_id, reason FROM items WHERE status = 'invalid' "
+            "AND substr(reason, 1, ?) = ? ORDER BY item_id",
+            (len(prefix), prefix),
+        )
+        return [(r["item_id"], r["task_id"], r["reason"]) for r in rows]
+
     # --------------------------------------------------------------- duplicates
     def content_hashes(self, item_ids: Sequence[str]) -> dict[str, str | None]:
         """``item_id -> content hash`` (None: not known yet) of these items."""
