@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,15 +54,16 @@ DONE_STATUSES = ("labeled", "skipped", "invalid")
 HOLDS_CONTENT = ("queued", "labeled", "skipped", "invalid")
 
 
+_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
 def etag_content_hash(etag: str) -> str | None:
     """The content hash an ETag gives for free: an S3 single-part ETag is the MD5 of the
     bytes (32 hex digits); a multipart one carries '-', the local store's is mtime-size.
     (An SSE-KMS ETag is 32 hex digits but no MD5: unique per object, so it only ever
     misses a duplicate, never invents one.)"""
     etag = etag.strip('"')
-    if len(etag) == 32 and all(ch in "0123456789abcdefABCDEF" for ch in etag):
-        return "md5:" + etag.lower()
-    return None
+    return "md5:" + etag.lower() if _MD5_HEX.fullmatch(etag) else None
 
 
 def bytes_content_hash(data: bytes) -> str:
