@@ -26,6 +26,10 @@ from typing import Any, Literal
 
 from connector.contracts.ports import TaskLabelState
 
+#: How an invalid item's reason starts when its choice is not a class: the watch's
+#: ``label_unknown`` alert finds those items by it (``ops.alerts``).
+UNKNOWN_LABEL = "unknown label"
+
 Rule = Literal["ground_truth_then_latest", "latest", "majority"]
 RULES: tuple[Rule, ...] = ("ground_truth_then_latest", "latest", "majority")
 
@@ -70,8 +74,9 @@ def annotation_label(
     cls = to_class(values[0])
     if cls is None:
         return None, (
-            f"label {values[0]!r} of annotation {aid} is not a known class; add it to "
-            "labels.classes, map it in [labels] map, or relabel the task"
+            f"{UNKNOWN_LABEL} {values[0]!r} in annotation {aid}: not in labels.classes nor "
+            "mapped in [labels] map; add it there (and to the project's label config), or "
+            "relabel the task"
         )
     return cls, None
 

@@ -14,6 +14,8 @@ kinds (``state.AlertKind``) and who raises them:
 - ``phase_failed``: the round engine when a round goes to FAILED; resolved when it resumes;
 - ``service_unreachable``: ``service_failed`` / ``service_ok``, from the daemon's jobs,
   when Label Studio or the bucket still fails after the retry policy;
+- ``label_unknown``: ``detect``, while annotations choose a label that is not a class
+  (items ``invalid`` for it); resolved when no item is invalid for that reason;
 - ``stopped``: the round engine when a stopping criterion fires (``state.stop_round``,
   in the same transaction as the stop); resolved by ``al-connector round resume``.
 
@@ -25,11 +27,14 @@ the next watch, alone, and never stops the loop.
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 from datetime import timedelta
 from typing import Any
 
 from connector.contracts.ports import LabelingBackend
+from connector.labelstudio.resolve import UNKNOWN_LABEL
 from connector.ops.notifiers import Notifier, NotifyError, text_of
 from connector.settings import AlertSettings
 from connector.state import AlertKind, Phase, StateDB, iso, utcnow
@@ -46,8 +51,10 @@ RENOTIFY_KINDS = frozenset(
         AlertKind.PHASE_FAILED.value,
         AlertKind.SERVICE_UNREACHABLE.value,
         AlertKind.THROUGHPUT_DROP.value,
+        AlertKind.LABEL_UNKNOWN.value,
     }
 )
+_QUOTED = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 SERVICES = {"label_studio": "Label Studio", "storage": "the bucket"}
 
 
@@ -100,8 +107,45 @@ def detect(state: StateDB, settings: AlertSettings) -> int:
     if current is None or current.phase is not Phase.FAILED:
         state.resolve_alerts(AlertKind.PHASE_FAILED.value)
     new += _throughput(state, settings, current)
+    new += _unknown_labels(state)
     _resolve_by_items(state)
     return new
+
+
+def _unknown_labels(state: StateDB) -> int:
+    """``label_unknown``: annotations whose choice is not a class (e.g. the label config
+    was edited) leave their items ``invalid``, out of training, until a person acts."""
+    rows = state.invalid_with_reason(UNKNOWN_LABEL)
+    keys: list[str] = []
+    new = 0
+    if rows:
+        labels = sorted({lab for _, _, r in rows if (lab := _quoted_label(r)) is not None})
+        keys.append("label-unknown")
+        new += state.add_alert(
+            AlertKind.LABEL_UNKNOWN.value,
+            keys[-1],
+            f"{len(rows)} annotation(s) chose a label that is not a class "
+            f"({', '.join(map(repr, labels)) or 'unreadable'}), e.g. on {rows[0][0]}; their "
+            "items are left out of training. If it is a class, add it to labels.classes (or "
+            "map it in [labels] map) and to the project's label config, restart al-connector, "
+            "then press Update on each task listed; otherwise relabel those tasks in Label "
+            "Studio with a known class. `al-connector items show KEY` shows an item's "
+            "annotations",
+            items=[r[0] for r in rows[:MAX_LISTED]],
+            tasks=[r[1] for r in rows[:MAX_LISTED] if r[1] is not None],
+        )
+    state.resolve_alerts(AlertKind.LABEL_UNKNOWN.value, keep=keys)
+    return new
+
+
+def _quoted_label(reason: str) -> str | None:
+    """The label an unknown-label reason quotes (``resolve.annotation_label`` writes it
+    with ``repr``)."""
+    match = _QUOTED.match(reason[len(UNKNOWN_LABEL) :].lstrip())
+    if match is None:
+        return None
+    value = ast.literal_eval(match.group(1))
+    return value if isinstance(value, str) else None
 
 
 def _throughput(state: StateDB, settings: AlertSettings, current: Any) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 
 from connector.contracts.errors import CheckpointError
 from connector.contracts.ports import TaskToPush
-from connector.rounds import insight, report
+from connector.rounds import dedupe, insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
 from connector.rounds.plan import RoundPlan
 from connector.rounds.selection import Pick, picks, sample_candidates
@@ -263,7 +263,8 @@ def push(ctx: RoundContext, rnd: Round) -> None:
     order: Label Studio serves tasks in import order (docs/labelstudio.md)."""
     version = rnd.model_version or ctx.model_version(rnd)
     _withdraw_stale(ctx, rnd)
-    pending = ctx.state.unpushed(rnd.round)
+    # The same image under another key is pushed once (``rounds.dedupe``).
+    pending, n_duplicates = dedupe.drop_duplicates(ctx, rnd, ctx.state.unpushed(rnd.round))
     # An item already queued or labeled is re-queued only on purpose (`items requeue`).
     refused = set(
         ctx.state.refuse_repush(
@@ -304,7 +305,9 @@ def push(ctx: RoundContext, rnd: Round) -> None:
         # one first); this is the fallback for a backend that does not.
         ctx.ports.labeling.set_model_version(version)
     done, total = ctx.state.batch_progress(rnd.round)
-    ctx.state.set_phase(rnd.round, Phase.WAIT, metrics={"pushed": total})
+    ctx.state.set_phase(
+        rnd.round, Phase.WAIT, metrics={"pushed": total, "duplicates": n_duplicates}
+    )
     finished = ctx.state.get_round(rnd.round)
     assert finished is not None
     report.write_round_report(ctx.round_dir(rnd.round), finished, done, total, plot=ctx.plots)

@@ -148,6 +148,11 @@ def write_round_report(
                 "- weakest classes: " + ", ".join(f"{c} {a:.2f}" for c, a in worst if a is not None)
             )
     lines.append(f"- batch: {total} tasks pushed, {done} done so far")
+    if rnd.metrics.get("duplicates"):
+        lines.append(
+            f"- duplicates not pushed: {rnd.metrics['duplicates']} (the same image as another "
+            "item; `al-connector items show KEY` names it)"
+        )
     if sel.get("candidates") is not None:
         lines.append(
             f"- candidates scored: {sel['candidates']}"

@@ -23,6 +23,7 @@ class AlertKind(str, Enum):
     SERVICE_UNREACHABLE = "service_unreachable"
     THROUGHPUT_DROP = "throughput_drop"
     STOPPED = "stopped"
+    LABEL_UNKNOWN = "label_unknown"
 
 
 #: Statuses an item may be pushed from; any other push is an accidental re-queue.

@@ -11,6 +11,9 @@ An item's lifecycle (one row in ``items``)::
         a missing item is a candidate again
     discovered -> excluded (``items exclude``; ``items include`` takes it back),
         corrupt (unreadable object, quarantined)
+    discovered/missing -> duplicate (``duplicate_of`` the item) at a push, when its bytes
+        equal those of an item queued or done, or of one ahead of it in the batch; back
+        to discovered if its object changes
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from connector.contracts.ports import ObjectInfo, TaskLabelState
 from connector.state.base import Database
 from connector.state.schema import (
     DONE_STATUSES,
+    HOLDS_CONTENT,
     ITEM_STATUSES,
     Item,
+    etag_content_hash,
     iso,
     parse_iso,
     row_to_item,
@@ -42,24 +47,33 @@ class ItemQueries(Database):
         """Record listed objects; a new key is ``discovered``. Returns how many were new.
 
         An object whose ETag changed keeps its lifecycle (its label refers to the key) but
-        the new ETag is stored so the cache re-fetches it.
+        the new ETag is stored so the cache re-fetches it; its content hash is renewed,
+        and duplicates by the old bytes (it, or of it) are candidates again.
         """
         now = iso(utcnow())
         new = 0
         with self.tx() as c:
             for obj in objects:
+                digest = etag_content_hash(obj.etag)
                 cur = c.execute(
-                    "INSERT INTO items (item_id, etag, size, discovered_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(item_id) DO NOTHING",
-                    (obj.key, obj.etag, obj.size, now, now),
+                    "INSERT INTO items (item_id, etag, size, content_hash, discovered_at, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(item_id) DO NOTHING",
+                    (obj.key, obj.etag, obj.size, digest, now, now),
                 )
                 if cur.rowcount:
                     new += 1
-                else:
+                    continue
+                changed = c.execute(
+                    "UPDATE items SET etag = ?, size = ?, content_hash = ?, updated_at = ? "
+                    "WHERE item_id = ? AND etag != ?",
+                    (obj.etag, obj.size, digest, now, obj.key, obj.etag),
+                ).rowcount
+                if changed:
                     c.execute(
-                        "UPDATE items SET etag = ?, size = ?, updated_at = ? "
-                        "WHERE item_id = ? AND etag != ?",
-                        (obj.etag, obj.size, now, obj.key, obj.etag),
+                        "UPDATE items SET status = 'discovered', duplicate_of = NULL, "
+                        "reason = NULL, updated_at = ? WHERE status = 'duplicate' "
+                        "AND (item_id = ? OR duplicate_of = ?)",
+                        (now, obj.key, obj.key),
                     )
         return new
 
@@ -254,3 +268,89 @@ class ItemQueries(Database):
             )
             changed[st.status] = changed.get(st.status, 0) + 1
         return changed
+
+    def invalid_with_reason(self, prefix: str) -> list[tuple[str, int | None, str]]:
+        """``(item_id, task_id, reason)`` of invalid items whose reason starts with
+        ``prefix``, in key order."""
+        rows = self.query(
+            "SELECT item_id, task_id, reason FROM items WHERE status = 'invalid' "
+            "AND substr(reason, 1, ?) = ? ORDER BY item_id",
+            (len(prefix), prefix),
+        )
+        return [(r["item_id"], r["task_id"], r["reason"]) for r in rows]
+
+    # --------------------------------------------------------------- duplicates
+    def content_hashes(self, item_ids: Sequence[str]) -> dict[str, str | None]:
+        """``item_id -> content hash`` (None: not known yet) of these items."""
+        out: dict[str, str | None] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self.query(
+                f"SELECT item_id, content_hash FROM items WHERE item_id IN ({marks})", chunk
+            ):
+                out[r["item_id"]] = r["content_hash"]
+        return out
+
+    def set_content_hashes(self, hashes: dict[str, str]) -> None:
+        with self.tx() as c:
+            c.executemany(
+                "UPDATE items SET content_hash = ? WHERE item_id = ?",
+                [(h, item_id) for item_id, h in hashes.items()],
+            )
+
+    def unhashed_holding_content(self) -> list[str]:
+        """Items queued or done without a content hash: pushed before the connector knew
+        hashes, on a store whose ETags are not MD5s. Hashed once, then never again."""
+        marks = ",".join("?" * len(HOLDS_CONTENT))
+        rows = self.query(
+            f"SELECT item_id FROM items WHERE content_hash IS NULL AND status IN ({marks}) "
+            "ORDER BY item_id",
+            HOLDS_CONTENT,
+        )
+        return [r["item_id"] for r in rows]
+
+    def originals_by_hash(self, hashes: Sequence[str]) -> dict[str, str]:
+        """``hash -> item_id`` of an item (the smallest key) holding that content:
+        queued, labeled, skipped or invalid."""
+        out: dict[str, str] = {}
+        held = ",".join("?" * len(HOLDS_CONTENT))
+        unique = sorted(set(hashes))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.query(
+                f"SELECT content_hash, MIN(item_id) AS item_id FROM items WHERE content_hash "
+                f"IN ({marks}) AND status IN ({held}) GROUP BY content_hash",
+                [*chunk, *HOLDS_CONTENT],
+            ):
+                out[r["content_hash"]] = r["item_id"]
+        return out
+
+    def mark_duplicates(self, number: int, originals: dict[str, str]) -> int:
+        """Items (``item -> the item it duplicates``) become ``duplicate`` in round
+        ``number``: never pushed, never labeled, not a candidate. Returns how many."""
+        now = iso(utcnow())
+        n = 0
+        with self.tx() as c:
+            for item_id, original in originals.items():
+                reason = f"same bytes as {original!r}: labeled once, through that item"
+                cur = c.execute(
+                    "UPDATE items SET status = 'duplicate', duplicate_of = ?, round = ?, "
+                    "reason = ?, pinned = 0, updated_at = ? WHERE item_id = ? "
+                    "AND status IN ('discovered', 'missing')",
+                    (original, number, reason, now, item_id),
+                )
+                if cur.rowcount:
+                    n += 1
+                    self._item_event(c, item_id, "duplicate", now, reason=reason)
+        return n
+
+    def duplicates_of_round(self, number: int) -> list[tuple[str, str]]:
+        """``(item, the item it duplicates)`` of the duplicates found in round ``number``."""
+        rows = self.query(
+            "SELECT item_id, duplicate_of FROM items WHERE status = 'duplicate' AND round = ? "
+            "ORDER BY item_id",
+            (number,),
+        )
+        return [(r["item_id"], r["duplicate_of"]) for r in rows]

@@ -6,7 +6,9 @@ brought forward from any version (``PRAGMA user_version``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,9 +43,32 @@ ITEM_STATUSES = (
     "excluded",
     "corrupt",
     "missing",
+    "duplicate",
 )
 #: Statuses of an item that has a task in Label Studio whose annotation is finished.
 DONE_STATUSES = ("labeled", "skipped", "invalid")
+
+
+#: Statuses of an item whose content is taken: a later item with the same bytes is its
+#: ``duplicate`` and is never pushed (``state.items.ItemQueries.mark_duplicates``).
+HOLDS_CONTENT = ("queued", "labeled", "skipped", "invalid")
+
+
+_MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def etag_content_hash(etag: str) -> str | None:
+    """The content hash an ETag gives for free: an S3 single-part ETag is the MD5 of the
+    bytes (32 hex digits); a multipart one carries '-', the local store's is mtime-size.
+    (An SSE-KMS ETag is 32 hex digits but no MD5: unique per object, so it only ever
+    misses a duplicate, never invents one.)"""
+    etag = etag.strip('"')
+    return "md5:" + etag.lower() if _MD5_HEX.fullmatch(etag) else None
+
+
+def bytes_content_hash(data: bytes) -> str:
+    """The content hash of an object's bytes, comparable with ``etag_content_hash``."""
+    return "md5:" + hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -201,6 +226,18 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX alerts_open_key ON alerts (dedupe_key) WHERE resolved_at IS NULL;
     CREATE INDEX alerts_key ON alerts (dedupe_key);
     CREATE INDEX label_events_at ON label_events (at);
+    """,
+    # 5: duplicates by content: an item's content hash ("md5:<hex>", from a single-part
+    # S3 ETag or from its bytes) and, for a ``duplicate``, the item it duplicates. An S3
+    # ETag of 32 hex digits is the MD5 of the bytes (multipart ones carry '-', the local
+    # store's is mtime-size), so those rows get their hash without a read.
+    """
+    ALTER TABLE items ADD COLUMN content_hash TEXT;
+    ALTER TABLE items ADD COLUMN duplicate_of TEXT;
+    UPDATE items SET content_hash = 'md5:' || lower(etag)
+        WHERE length(etag) = 32 AND etag NOT GLOB '*[^0-9a-fA-F]*';
+    CREATE INDEX items_content_hash ON items (content_hash);
+    CREATE INDEX items_duplicate_of ON items (duplicate_of);
     """,
 ]
 
