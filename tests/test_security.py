@@ -17,6 +17,7 @@ from typing import Any
 import certifi
 import pytest
 
+from connector.contracts.errors import ConfigError
 from connector.labelstudio.adapter import LabelStudioAdapter
 from connector.ops.daemon import Daemon
 from connector.ops.metrics import HealthServer
@@ -119,7 +120,7 @@ def test_tls_is_verified_by_default_and_a_custom_ca_is_wired(tmp_path: Path) -> 
     custom = ssl_context(LabelStudioAdapter("https://127.0.0.1:9", TOKEN, 1, ca_bundle=ca))
     assert custom.verify_mode == ssl.CERT_REQUIRED
     assert custom.get_ca_certs() or custom.cert_store_stats()["x509"] > 0
-    with pytest.raises(OSError):  # the bundle is really read: a missing one fails
+    with pytest.raises(ConfigError, match=r"label_studio\.ca_bundle"):  # the bundle is read
         _ = LabelStudioAdapter("https://x", TOKEN, 1, ca_bundle=str(tmp_path / "no.pem")).ls.sdk
     fields = Settings.model_json_schema()["$defs"]
     assert "ca_bundle" in fields["LabelStudioSettings"]["properties"]

@@ -7,6 +7,7 @@ Only ``connector.labelstudio*`` modules import ``label_studio_sdk``.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -108,13 +109,23 @@ class LabelStudioClient:
                     timeout=self.timeout_s,
                     max_retries=0,
                     # TLS is always verified; a private CA's bundle replaces the system's.
-                    httpx_client=httpx.Client(
-                        timeout=self.timeout_s, verify=self.ca_bundle or True
-                    ),
+                    httpx_client=httpx.Client(timeout=self.timeout_s, verify=self._tls()),
                 )
             except ApiError as exc:  # an expired or malformed JWT is refused here
                 raise self.auth_error(exc) from None
         return self._sdk
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """TLS verification: the system's CAs, or only the configured bundle's."""
+        if not self.ca_bundle:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"label_studio.ca_bundle {self.ca_bundle!r} is not a readable PEM bundle "
+                f"({exc}); point it at the CA file that signs Label Studio's certificate"
+            ) from None
 
     # ------------------------------------------------------------------ errors, retry
     def auth_error(self, exc: ApiError) -> AuthError:
