@@ -13,7 +13,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("strategies", "scoring", "round", "simulation", "labelstudio")
+BENCHMARKS = ("strategies", "batchbald", "scoring", "round", "simulation", "labelstudio")
 
 
 def main() -> None:
