@@ -226,11 +226,11 @@ def run_demo(
         click.echo(f"full log: {root / 'demo.log'}")
         click.echo(f"everything is in {root}; delete the folder when you are done with it")
         if keep_running:
-            click.echo(
-                f"\nLabel Studio stays up at {ls.url}  login: {ls.username} / "
-                f"{ls.password}\nPress Ctrl-C to stop everything."
-            )
-            try:
+            try:  # entered before the prompt: a Ctrl-C the moment it shows lands here too
+                click.echo(
+                    f"\nLabel Studio stays up at {ls.url}  login: {ls.username} / "
+                    f"{ls.password}\nPress Ctrl-C to stop everything."
+                )
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
