@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ batch_size = 10
 
 [model]
 image_size = 16
-epochs = 2
+epochs = 1
 
 [rounds]
 min_labeled_fraction = 0.6
@@ -100,9 +101,11 @@ class Connector:
         self.config, self.env, self.log = config, env, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at: list[float] = []  # wall clock, as in the log's timestamps
 
     def start(self) -> None:
         code = "import sys; from connector.cli import main; sys.exit(main())"
+        self.started_at.append(time.time())
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, "run", "--config", str(self.config)],
@@ -111,6 +114,16 @@ class Connector:
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
+
+    def restart_seconds(self) -> float:
+        """Mean seconds from a restart to the daemon's "al-connector running" log line."""
+        up = [
+            datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for line in self.log.read_text(errors="replace").splitlines()
+            if "al-connector running:" in line
+        ]
+        waits = [u - s for s, u in zip(self.started_at[1:], up[1:], strict=False)]
+        return round(sum(waits) / max(len(waits), 1), 1)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -129,6 +142,16 @@ class Connector:
 def progress(line: str) -> None:
     """A line on stderr as the test goes (``-s`` shows it): where a slow run spends time."""
     print(line, file=sys.stderr, flush=True)
+
+
+def _into_push(db: StateDB, at: tuple[int, int], tasks: int) -> bool:
+    """Wait until ``tasks`` of round ``at[0]``'s batch are recorded as pushed, so that the
+    kill lands between or inside import chunks; False if the push ended first."""
+    while db.batch_progress(at[0])[1] < tasks:
+        if position(db) != at:
+            return False
+        time.sleep(0.005)
+    return position(db) == at
 
 
 def phase_of(db: StateDB) -> str | None:
@@ -195,6 +218,7 @@ def test_sigkill_in_every_phase_loses_nothing(
         annotator = Annotator(adapter, truth)
         annotator.start()
         last = (-1, 0)
+        mid_push: list[str] = []  # tasks recorded / selected, when a kill hit a push
         kill_deadline = time.monotonic() + KILL_BUDGET_S
         while time.monotonic() < kill_deadline:
             if sum(kills.values()) >= MIN_KILLS and all(kills[p] >= MIN_PER_PHASE for p in PHASES):
@@ -208,12 +232,17 @@ def test_sigkill_in_every_phase_loses_nothing(
                 ).read_text()[-3000:]
                 time.sleep(0.01)
                 continue
-            time.sleep(rng.uniform(0.0, 0.05))  # a few ms into the phase
+            if PHASES[at[1]] == "PUSH" and not _into_push(db, at, rng.choice((0, 2, 4, 6))):
+                continue  # the push ended first: no kill, the next target is WAIT
+            time.sleep(rng.uniform(0.0, 0.05))  # a few ms into the phase (or the chunk)
             at = position(db) or at  # the phase the kill lands in
             connector.kill()
             phase = PHASES[at[1]]
             kills[phase] += 1
             last = at
+            pushed, selected = db.batch_progress(at[0])[1], len(db.selection(at[0]))
+            if phase == "PUSH" and 0 < pushed < selected:
+                mid_push.append(f"{pushed}/{selected}")
             progress(f"{time.monotonic() - t_start:6.1f}s kill {sum(kills.values())} in {phase}")
             connector.start()
         kill_seconds = time.monotonic() - t_start
@@ -227,6 +256,8 @@ def test_sigkill_in_every_phase_loses_nothing(
         kills_per_phase=dict(kills),
         kills=sum(kills.values()),
         restarts=connector.starts - 1,
+        kills_mid_push=mid_push,
+        restart_seconds=connector.restart_seconds(),
         annotations_made=len(annotator.made),
         seconds=round(time.monotonic() - t_start, 1),
         kill_seconds=round(kill_seconds, 1),
@@ -234,6 +265,7 @@ def test_sigkill_in_every_phase_loses_nothing(
     print("\nfault injection:", figures)
     assert all(kills[p] >= MIN_PER_PHASE for p in PHASES), kills
     assert sum(kills.values()) >= MIN_KILLS, kills
+    assert mid_push, "no kill landed inside a push (part of the batch imported)"
     assert figures["tasks_checked"] > 0
     for name in ("duplicates", "lost", "double_counted", "stuck", "without_prediction"):
         assert figures[name] == 0, figures
