@@ -115,6 +115,9 @@ class Connector:
             )
         self.starts += 1
 
+    def log_lines(self, text: str) -> int:
+        return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
+
     def restart_seconds(self) -> float:
         """Mean seconds from a restart to the daemon's "al-connector running" log line."""
         up = [
@@ -234,7 +237,9 @@ def test_sigkill_in_every_phase_loses_nothing(
                 continue
             if PHASES[at[1]] == "PUSH" and not _into_push(db, at, rng.choice((0, 2, 4, 6))):
                 continue  # the push ended first: no kill, the next target is WAIT
-            time.sleep(rng.uniform(0.0, 0.05))  # a few ms into the phase (or the chunk)
+            # A few ms into the phase; in PUSH anywhere in a chunk's cycle (reconcile,
+            # import request, repair, record), so some kills land mid-import.
+            time.sleep(rng.uniform(0.0, 0.6 if PHASES[at[1]] == "PUSH" else 0.05))
             at = position(db) or at  # the phase the kill lands in
             connector.kill()
             phase = PHASES[at[1]]
@@ -258,6 +263,7 @@ def test_sigkill_in_every_phase_loses_nothing(
         restarts=connector.starts - 1,
         kills_mid_push=mid_push,
         restart_seconds=connector.restart_seconds(),
+        pushes_resumed_over_landed_imports=connector.log_lines("items already have tasks"),
         annotations_made=len(annotator.made),
         seconds=round(time.monotonic() - t_start, 1),
         kill_seconds=round(kill_seconds, 1),
@@ -270,6 +276,7 @@ def test_sigkill_in_every_phase_loses_nothing(
     for name in ("duplicates", "lost", "double_counted", "stuck", "without_prediction"):
         assert figures[name] == 0, figures
     assert figures["selection_mismatches"] == 0, figures
+    assert figures["false_requeue_alerts"] == 0, figures
 
 
 def settle(db: StateDB, adapter: LabelStudioAdapter, timeout_s: float = 120.0) -> None:
@@ -371,6 +378,16 @@ def check_everything(db: StateDB, adapter: LabelStudioAdapter, made: set[int]) -
             ):
                 mismatches.append(f"round {rnd.round}: {sel.item_id} pushed differently")
     mismatches += [f"round {r}: model versions {v}" for r, v in versions.items() if len(v) > 1]
+    # Every task is recorded as its round's push (a withdrawn one leaves both sides).
+    recorded = {(r["round"], r["item_id"]) for r in db.query("SELECT round, item_id FROM pushes")}
+    in_ls_pushed = {(int(t.data["al_round"]), str(t.data["al_item_id"])) for t in tasks}
+    mismatches += [
+        f"round {r}: {i} in Label Studio, no push recorded" for r, i in in_ls_pushed - recorded
+    ]
+    mismatches += [f"round {r}: {i} recorded, no task" for r, i in recorded - in_ls_pushed]
+    refused = [
+        a["message"] for a in db.query("SELECT message FROM alerts WHERE kind = 'item_requeued'")
+    ]
     return {
         "tasks_checked": len(tasks),
         "annotations_checked": len(in_ls),
@@ -384,7 +401,8 @@ def check_everything(db: StateDB, adapter: LabelStudioAdapter, made: set[int]) -
         # Annotations the annotator saved that Label Studio no longer has: a task withdrawn
         # in the milliseconds between its check and its delete (adapter.withdraw_tasks).
         "deleted_with_task": len(made - set(in_ls)),
-        "examples": (lost + double_counted + phantom + stuck + mismatches)[:5],
+        "false_requeue_alerts": len(refused),
+        "examples": (lost + double_counted + phantom + stuck + mismatches + refused)[:5],
     }
 
 
