@@ -27,13 +27,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.labelstudio.adapter import LabelStudioAdapter
-from connector.labelstudio.query import priority_score
 from connector.state import StateDB
 from tests.fixtures.s3 import upload_digits, write_server_settings
 
@@ -54,7 +54,7 @@ batch_size = 10
 
 [model]
 image_size = 16
-epochs = 2
+epochs = 1
 
 [rounds]
 min_labeled_fraction = 0.6
@@ -75,7 +75,7 @@ class Annotator(threading.Thread):
         super().__init__(daemon=True)
         self.adapter, self.truth = adapter, truth
         self.stop = threading.Event()
-        self.done = 0
+        self.made: set[int] = set()  # annotation ids Label Studio returned
         self.errors = 0
 
     def run(self) -> None:
@@ -83,12 +83,13 @@ class Annotator(threading.Thread):
             try:
                 open_tasks = self.adapter.open_tasks()
                 for item_id, task_id in open_tasks[:3]:
-                    if self.done % 7 == 6:
-                        self.adapter.skip_task(task_id)
+                    if self.stop.is_set():
+                        return
+                    if len(self.made) % 7 == 6:
+                        self.made.add(self.adapter.skip_task(task_id))
                     else:
-                        self.adapter.annotate_task(task_id, self.truth[item_id])
-                    self.done += 1
-            except Exception:  # Label Studio is busy with an import: try again
+                        self.made.add(self.adapter.annotate_task(task_id, self.truth[item_id]))
+            except Exception:  # a task withdrawn meanwhile, Label Studio busy: try again
                 self.errors += 1
             self.stop.wait(0.4)
 
@@ -100,9 +101,11 @@ class Connector:
         self.config, self.env, self.log = config, env, log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.started_at: list[float] = []  # wall clock, as in the log's timestamps
 
     def start(self) -> None:
         code = "import sys; from connector.cli import main; sys.exit(main())"
+        self.started_at.append(time.time())
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code, "run", "--config", str(self.config)],
@@ -111,6 +114,19 @@ class Connector:
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
+
+    def log_lines(self, text: str) -> int:
+        return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
+
+    def restart_seconds(self) -> float:
+        """Mean seconds from a restart to the daemon's "al-connector running" log line."""
+        up = [
+            datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for line in self.log.read_text(errors="replace").splitlines()
+            if "al-connector running:" in line
+        ]
+        waits = [u - s for s, u in zip(self.started_at[1:], up[1:], strict=False)]
+        return round(sum(waits) / max(len(waits), 1), 1)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -129,6 +145,16 @@ class Connector:
 def progress(line: str) -> None:
     """A line on stderr as the test goes (``-s`` shows it): where a slow run spends time."""
     print(line, file=sys.stderr, flush=True)
+
+
+def _into_push(db: StateDB, at: tuple[int, int], tasks: int) -> bool:
+    """Wait until ``tasks`` of round ``at[0]``'s batch are recorded as pushed, so that the
+    kill lands between or inside import chunks; False if the push ended first."""
+    while db.batch_progress(at[0])[1] < tasks:
+        if position(db) != at:
+            return False
+        time.sleep(0.005)
+    return position(db) == at
 
 
 def phase_of(db: StateDB) -> str | None:
@@ -195,6 +221,7 @@ def test_sigkill_in_every_phase_loses_nothing(
         annotator = Annotator(adapter, truth)
         annotator.start()
         last = (-1, 0)
+        mid_push: list[str] = []  # tasks recorded / selected, when a kill hit a push
         kill_deadline = time.monotonic() + KILL_BUDGET_S
         while time.monotonic() < kill_deadline:
             if sum(kills.values()) >= MIN_KILLS and all(kills[p] >= MIN_PER_PHASE for p in PHASES):
@@ -208,51 +235,84 @@ def test_sigkill_in_every_phase_loses_nothing(
                 ).read_text()[-3000:]
                 time.sleep(0.01)
                 continue
-            time.sleep(rng.uniform(0.0, 0.05))  # a few ms into the phase
+            if PHASES[at[1]] == "PUSH" and not _into_push(db, at, rng.choice((0, 2, 4, 6))):
+                continue  # the push ended first: no kill, the next target is WAIT
+            # A few ms into the phase; in PUSH anywhere in a chunk's cycle (reconcile,
+            # import request, repair, record), so some kills land mid-import.
+            time.sleep(rng.uniform(0.0, 0.6 if PHASES[at[1]] == "PUSH" else 0.05))
             at = position(db) or at  # the phase the kill lands in
             connector.kill()
             phase = PHASES[at[1]]
             kills[phase] += 1
             last = at
+            pushed, selected = db.batch_progress(at[0])[1], len(db.selection(at[0]))
+            if phase == "PUSH" and 0 < pushed < selected:
+                mid_push.append(f"{pushed}/{selected}")
             progress(f"{time.monotonic() - t_start:6.1f}s kill {sum(kills.values())} in {phase}")
             connector.start()
         kill_seconds = time.monotonic() - t_start
-        # Let the last round settle: labels polled, the round WAITing, then stop gracefully.
-        settle = time.monotonic() + 60
-        while phase_of(db) != "WAIT" and time.monotonic() < settle:
-            time.sleep(0.2)
         annotator.stop.set()
         annotator.join(timeout=30)
-        time.sleep(3)  # a few poll cycles after the last annotation
+        settle(db, adapter)
         connector.terminate()
 
-    figures = check_everything(db, adapter, project_id)
+    figures = check_everything(db, adapter, annotator.made)
     figures.update(
         kills_per_phase=dict(kills),
         kills=sum(kills.values()),
         restarts=connector.starts - 1,
-        annotations_made=annotator.done,
+        kills_mid_push=mid_push,
+        restart_seconds=connector.restart_seconds(),
+        pushes_resumed_over_landed_imports=connector.log_lines("items already have tasks"),
+        annotations_made=len(annotator.made),
         seconds=round(time.monotonic() - t_start, 1),
         kill_seconds=round(kill_seconds, 1),
     )
     print("\nfault injection:", figures)
     assert all(kills[p] >= MIN_PER_PHASE for p in PHASES), kills
     assert sum(kills.values()) >= MIN_KILLS, kills
+    assert mid_push, "no kill landed inside a push (part of the batch imported)"
     assert figures["tasks_checked"] > 0
     for name in ("duplicates", "lost", "double_counted", "stuck", "without_prediction"):
         assert figures[name] == 0, figures
     assert figures["selection_mismatches"] == 0, figures
+    assert figures["false_requeue_alerts"] == 0, figures
 
 
-def check_everything(db: StateDB, adapter: LabelStudioAdapter, project_id: int) -> dict[str, Any]:
-    """Every task and annotation in Label Studio against the state db."""
-    fields = "id,data,annotations,result,was_cancelled,predictions,score,model_version"
+def settle(db: StateDB, adapter: LabelStudioAdapter, timeout_s: float = 120.0) -> None:
+    """Until the daemon is quiet: the last round WAITing, every annotation in Label Studio
+    seen by a poll, and nothing changing for a few poll cycles. A lost annotation never
+    arrives; the timeout then hands the difference to the check."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since, last = time.monotonic(), None
+    while time.monotonic() < deadline:
+        n_ls = sum(
+            t.total_annotations + t.cancelled_annotations
+            for t in adapter.ls.tasks_where(
+                [], size=1000, fields="id,total_annotations,cancelled_annotations"
+            )
+        )
+        n_db = db.query("SELECT COUNT(*) AS n FROM items WHERE annotation_id IS NOT NULL")[0]["n"]
+        now = (phase_of(db), n_ls, n_db, db.get_meta("ls_watermark"))
+        if now != last:
+            quiet_since, last = time.monotonic(), now
+        elif now[0] == "WAIT" and n_ls == n_db and time.monotonic() - quiet_since > 4:
+            return
+        time.sleep(0.5)
+
+
+def check_everything(db: StateDB, adapter: LabelStudioAdapter, made: set[int]) -> dict[str, Any]:
+    """Every task and annotation in Label Studio against the state db, one to one."""
+    fields = (
+        "id,data,annotations,result,was_cancelled,total_predictions,predictions,score,model_version"
+    )
     tasks = list(adapter.ls.tasks_where([], size=100, fields=fields))
     by_item: dict[str, list[Any]] = {}
     for task in tasks:
         by_item.setdefault(str(task.data["al_item_id"]), []).append(task)
     duplicates = sum(len(t) - 1 for t in by_item.values())
-    without_prediction = sum(1 for t in tasks if not (t.predictions or []))
+    # The server's own count, and the listing: both must see the prediction.
+    without_prediction = sum(1 for t in tasks if not t.total_predictions or not t.predictions)
     lost: list[str] = []
     for item_id, (task, *_) in by_item.items():
         item = db.item(item_id)
@@ -265,47 +325,84 @@ def check_everything(db: StateDB, adapter: LabelStudioAdapter, project_id: int) 
             choice = finished[-1]["result"][0]["value"]["choices"][0]
             if item.label != choice:
                 lost.append(f"{item_id}: {choice} in Label Studio, {item.label} in the state db")
+    # Every annotation in Label Studio has exactly one history row in the state db (the
+    # status it was ingested as), and every ingested annotation still exists there.
+    in_ls = {
+        int(a["id"]): (str(t.data["al_item_id"]), "skipped" if a["was_cancelled"] else "labeled")
+        for t in tasks
+        for a in map(_get, t.annotations or [])
+    }
     events = Counter(
-        (r["item_id"], r["annotation_id"], r["status"])
+        (r["item_id"], int(r["annotation_id"]), r["status"])
         for r in db.query(
             "SELECT item_id, annotation_id, status FROM label_events "
-            "WHERE status IN ('labeled', 'skipped')"
+            "WHERE annotation_id IS NOT NULL AND status IN ('labeled', 'skipped', 'invalid')"
         )
     )
-    double_counted = [k for k, n in events.items() if n > 1]
+    for ann_id, (item_id, status) in in_ls.items():
+        if events[(item_id, ann_id, status)] == 0:
+            lost.append(f"{item_id}: annotation {ann_id} ({status}) never ingested")
+    double_counted = [f"{k} ingested {n} times" for k, n in events.items() if n > 1]
+    phantom = [f"{k}: not in Label Studio" for k in events if k[1] not in in_ls]
     stuck = [
         r["item_id"]
         for r in db.query("SELECT item_id FROM items WHERE status = 'queued'")
         if r["item_id"] not in by_item
     ]
+    withdrawn = Counter(
+        r["item_id"]
+        for r in db.query("SELECT item_id FROM label_events WHERE status = 'withdrawn'")
+    )
     mismatches: list[str] = []
+    versions: dict[int, set[str]] = {}
     for rnd in db.rounds():
         if rnd.phase.value not in ("WAIT", "DONE"):
             stuck.append(f"round {rnd.round} in {rnd.phase.value}")
         for sel in db.selection(rnd.round):
-            found = by_item.get(sel.item_id)
+            found = [t for t in by_item.get(sel.item_id, []) if t.data["al_round"] == rnd.round]
             if not found:
-                mismatches.append(f"round {rnd.round}: {sel.item_id} was never pushed")
+                # Withdrawn at a later round's push (nobody had opened it): gone by design.
+                if withdrawn[sel.item_id] > 0:
+                    withdrawn[sel.item_id] -= 1
+                else:
+                    mismatches.append(f"round {rnd.round}: {sel.item_id} was never pushed")
                 continue
             task = found[0]
             preds = [_get(p) for p in task.predictions or []]  # none: counted above
-            if (
-                task.data["al_round"] != rnd.round
-                or task.data["al_priority"] != sel.rank
-                or any(abs(float(p["score"]) - priority_score(sel.rank)) > 1e-9 for p in preds)
+            versions.setdefault(rnd.round, set()).update(str(p["model_version"]) for p in preds)
+            want = None if sel.confidence is None else float(sel.confidence)
+            if task.data["al_priority"] != sel.rank or any(
+                (p.get("score") is None) != (want is None)
+                or (want is not None and abs(float(p["score"]) - want) > 1e-6)
+                for p in preds
             ):
                 mismatches.append(f"round {rnd.round}: {sel.item_id} pushed differently")
+    mismatches += [f"round {r}: model versions {v}" for r, v in versions.items() if len(v) > 1]
+    # Every task is recorded as its round's push (a withdrawn one leaves both sides).
+    recorded = {(r["round"], r["item_id"]) for r in db.query("SELECT round, item_id FROM pushes")}
+    in_ls_pushed = {(int(t.data["al_round"]), str(t.data["al_item_id"])) for t in tasks}
+    mismatches += [
+        f"round {r}: {i} in Label Studio, no push recorded" for r, i in in_ls_pushed - recorded
+    ]
+    mismatches += [f"round {r}: {i} recorded, no task" for r, i in recorded - in_ls_pushed]
+    refused = [
+        a["message"] for a in db.query("SELECT message FROM alerts WHERE kind = 'item_requeued'")
+    ]
     return {
         "tasks_checked": len(tasks),
-        "annotations_checked": sum(len(t.annotations or []) for t in tasks),
+        "annotations_checked": len(in_ls),
         "rounds": len(db.rounds()),
         "duplicates": duplicates,
         "lost": len(lost),
-        "double_counted": len(double_counted),
+        "double_counted": len(double_counted) + len(phantom),
         "stuck": len(stuck),
         "without_prediction": without_prediction,
         "selection_mismatches": len(mismatches),
-        "examples": (lost + [str(k) for k in double_counted] + stuck + mismatches)[:5],
+        # Annotations the annotator saved that Label Studio no longer has: a task withdrawn
+        # in the milliseconds between its check and its delete (adapter.withdraw_tasks).
+        "deleted_with_task": len(made - set(in_ls)),
+        "false_requeue_alerts": len(refused),
+        "examples": (lost + double_counted + phantom + stuck + mismatches + refused)[:5],
     }
 
 

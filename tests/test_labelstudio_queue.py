@@ -177,6 +177,38 @@ def test_a_chunk_that_met_a_locked_database_keeps_its_predictions(
     assert bare == [], f"tasks without their prediction: priorities {bare}"
 
 
+def test_a_push_resumed_after_a_crash_gives_a_bare_chunk_its_predictions(
+    ls_project: LabelStudioProject, ls_client: LabelStudio
+) -> None:
+    """A chunk that landed without its predictions (the locked-database import above),
+    then a SIGKILL before the repair: the tasks exist, bare. The restarted push finds them
+    by item id; it must give them their predictions, not only skip their import."""
+    tasks = _tasks(4, round_=1)
+    adapter = ls_project.adapter(import_chunk_size=2)
+    bare = [
+        {
+            "data": {
+                "image": t.image_url,
+                "al_item_id": t.item_id,
+                "al_round": t.round,
+                "al_split": t.split,
+                "al_priority": t.priority,
+            }
+        }
+        for t in tasks[:2]
+    ]
+    adapter.ls.import_tasks(bare, 60)  # what landed before the kill
+
+    mapping = ls_project.adapter(import_chunk_size=2).push(tasks, "r1")  # the restart
+    stored = list(ls_client.tasks.list(project=ls_project.id, fields="all", page_size=100))
+    assert sorted(int(t.id) for t in stored) == sorted(mapping.values())
+    for task in stored:
+        (pred,) = [p if isinstance(p, dict) else p.model_dump() for p in task.predictions or []]
+        want = tasks[task.data["al_priority"]]
+        assert pred["model_version"] == "r1"
+        assert pred["score"] == pytest.approx(want.confidence)
+
+
 def test_pushing_a_round_withdraws_earlier_rounds_open_tasks(
     tmp_path: Path,
     digit_objects: Any,

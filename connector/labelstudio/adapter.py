@@ -272,6 +272,11 @@ class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
                 len(tasks),
                 len(todo),
             )
+            # An import that lost its predictions, then a crash before the repair: the
+            # tasks exist, bare. Repair them now, or nobody ever will.
+            done = [t for t in tasks if t.item_id in mapping]
+            payload = self._payloads(done, model_version)
+            self.ls.add_missing_predictions({mapping[i]: p for i, p in payload.items()})
         if todo:
             self.prepare_queue(model_version, max(t.round for t in todo))
         for start in range(0, len(todo), self.import_chunk_size):
@@ -288,12 +293,15 @@ class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
             self.set_model_version(model_version)
         return {i: mapping[i] for i in ids}
 
-    def _import_chunk(self, chunk: Sequence[TaskToPush], model_version: str) -> dict[str, int]:
+    def _payloads(
+        self, tasks: Sequence[TaskToPush], model_version: str
+    ) -> dict[str, dict[str, Any]]:
+        """``item_id -> import payload`` (the task and its prediction)."""
         config = self._label_config()
         choice_for: dict[str, str] = {}
         for choice, cls in self._class_of().items():
             choice_for.setdefault(cls, choice)
-        payload = {
+        return {
             t.item_id: task_payload(
                 t,
                 model_version,
@@ -302,8 +310,11 @@ class LabelStudioAdapter(LabelStudioAdminMixin, LabelStudioQueueMixin):
                 image_tag=config.image_tag,
                 choice_for=choice_for,
             )
-            for t in chunk
+            for t in tasks
         }
+
+    def _import_chunk(self, chunk: Sequence[TaskToPush], model_version: str) -> dict[str, int]:
+        payload = self._payloads(chunk, model_version)
         pending = [t.item_id for t in chunk]
         mapped: dict[str, int] = {}
         tries = 0

@@ -12,7 +12,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import httpx
-from label_studio_sdk import LabelStudio
+
+# The generated client without the SDK's extensions: those pull in pandas and jsf (about
+# 1.2 s of CPU per start, measured; a restarted daemon pays it each time) for exports and
+# label-interface helpers the connector does not use. Pagers and project reads are alike.
+from label_studio_sdk.base_client import LabelStudioBase as LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from label_studio_sdk.core.request_options import RequestOptions
 
