@@ -121,3 +121,59 @@ def test_label_studio_outage_mid_round_loses_and_doubles_nothing(
         assert not [a for a in state.alerts() if a["kind"] == "service_unreachable"]
     finally:
         relay.stop()
+
+
+def test_a_late_second_task_of_an_item_is_withdrawn_or_taken_never_counted_twice(
+    tmp_path: Path,
+    label_studio: Any,
+    s3_server: str,
+    s3_client: Any,
+    s3_bucket: str,
+    digits_dir: tuple[Path, list[LabeledImage]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a push killed mid-import leaves when Label Studio commits the dead client's
+    import after the restarted push imported the same items again (found by
+    tests/test_fault_injection.py): two tasks with one ``al_item_id``."""
+    upload_digits(s3_client, s3_bucket, "pool/", digits_dir, limit=40)
+    truth = {img.key: img.label for img in digits_dir[1]}
+    config = write_server_settings(
+        tmp_path,
+        label_studio.url,
+        s3_server,
+        s3_bucket,
+        title="alc-late",
+        extra='[strategy]\nname = "random"\nbatch_size = 10\n',
+    )
+    monkeypatch.setenv("ALC_LABEL_STUDIO__TOKEN", label_studio.legacy_token)
+    settings = load_settings(config)
+    app = build_app(settings, learner=PixelLearner())
+    engine = app.engine
+    adapter: Any = engine.ports.labeling
+    engine.step()
+    (open_item, recorded), (taken_item, taken_recorded) = adapter.open_tasks()[-2:]
+
+    def late_copy(item: str) -> int:
+        ids, _ = adapter.ls.import_tasks(
+            [{"data": {"image": f"s3://{s3_bucket}/{item}", "al_item_id": item}}], 30
+        )
+        return int(ids[0])
+
+    late_open, late_taken = late_copy(open_item), late_copy(taken_item)
+    assert sorted(len(t) for t in adapter.ls.lookup([open_item, taken_item]).values()) == [2, 2]
+    # an annotator labels the late copy of one item; the other copy stays open
+    adapter.annotate_task(late_taken, truth[taken_item])
+    for _ in range(3):  # the same reads again and again change nothing more
+        engine.poll_labels()
+
+    tasks = adapter.ls.lookup([open_item, taken_item])
+    assert tasks[open_item] == [recorded]  # the open second task was withdrawn
+    assert tasks[taken_item] == [late_taken]  # the annotated one is the item's task now
+    opened, taken = engine.state.item(open_item), engine.state.item(taken_item)
+    assert opened.status == "queued" and opened.task_id == recorded  # type: ignore[union-attr]
+    assert taken.status == "labeled" and taken.task_id == late_taken  # type: ignore[union-attr]
+    assert taken.label == truth[taken_item]  # type: ignore[union-attr]
+    history = engine.state.item_history(taken_item)
+    assert history is not None
+    assert [e["status"] for e in history["events"]].count("labeled") == 1
+    assert late_open not in tasks[open_item] and taken_recorded not in tasks[taken_item]

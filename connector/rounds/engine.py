@@ -102,12 +102,27 @@ class RoundEngine:
         if stored is not None:
             since = stored - timedelta(seconds=self.cfg.overlap_seconds)
         result = self.ports.labeling.poll(since)
+        extra: list[int] = []
         changed = self.state.apply_poll(
-            result.states, ticket=ticket, watermark_key=LS_WATERMARK, watermark=result.watermark
+            result.states,
+            ticket=ticket,
+            watermark_key=LS_WATERMARK,
+            watermark=result.watermark,
+            extra_tasks=extra,
         )
         if changed is None:
             log.info("a newer poll was applied first; dropped this one's older reads")
             return {}
+        if extra:
+            # Second tasks of one item (a killed push's import that landed late): the
+            # unannotated ones are deleted, so annotators do not label an image twice.
+            gone = self.ports.labeling.withdraw_tasks(sorted(set(extra)))
+            log.warning(
+                "%d second task(s) of already pushed items found (an import that landed "
+                "after its daemon was killed); %d unannotated one(s) withdrawn",
+                len(set(extra)),
+                len(gone),
+            )
         if changed:
             log.info("ingested %s from %d changed tasks", changed, len(result.states))
         return changed

@@ -168,6 +168,7 @@ class ItemQueries(Database):
         ticket: int,
         watermark_key: str,
         watermark: datetime | None,
+        extra_tasks: list[int] | None = None,
     ) -> dict[str, int] | None:
         """Apply one poll's states and advance its watermark, in one transaction.
 
@@ -179,12 +180,15 @@ class ItemQueries(Database):
         loses nothing: its watermark is dropped with it, so every task it saw changed is
         read again by the next poll. The watermark only moves forward, compared inside
         the transaction so two pollers cannot move it back.
+
+        ``extra_tasks`` collects second tasks of an item (see ``_apply_states``) for the
+        caller to withdraw.
         """
         with self.tx() as c:
             if int(self._meta_in(c, POLL_APPLIED) or 0) > ticket:
                 return None
             self.set_meta(POLL_APPLIED, str(ticket), conn=c)
-            changed = self._apply_states(c, states)
+            changed = self._apply_states(c, states, extra_tasks)
             stored = parse_iso(self._meta_in(c, watermark_key) or None)
             if watermark is not None and (stored is None or watermark > stored):
                 self.set_meta(watermark_key, iso(watermark) or "", conn=c)
@@ -205,8 +209,22 @@ class ItemQueries(Database):
             return self._apply_states(c, states)
 
     def _apply_states(
-        self, c: sqlite3.Connection, states: Iterable[TaskLabelState]
+        self,
+        c: sqlite3.Connection,
+        states: Iterable[TaskLabelState],
+        extra_tasks: list[int] | None = None,
     ) -> dict[str, int]:
+        """Apply states in the caller's transaction; counts by new status.
+
+        An item has one task, the one recorded when it was pushed. A state from another
+        task of the same item comes from a second task: an import Label Studio committed
+        after the daemon that sent it was killed, when the restarted push had already
+        imported the item again. Such a task never changes the item (before this rule each
+        poll flipped the item between its two tasks, counting one annotation many times);
+        it goes to ``extra_tasks`` for the caller to withdraw, except that an annotation
+        made on it while the recorded task is still open is taken, and the recorded task
+        becomes the extra one.
+        """
         changed: dict[str, int] = {}
         now = iso(utcnow())
         for st in states:
@@ -229,6 +247,18 @@ class ItemQueries(Database):
                     "task_id": st.task_id,
                 }
             if row["status"] in ("excluded", "corrupt") and st.status == "unlabeled":
+                continue
+            recorded = row["task_id"]
+            if recorded is not None and st.task_id != recorded and row["status"] == "queued":
+                if st.status == "unlabeled":
+                    if extra_tasks is not None:
+                        extra_tasks.append(st.task_id)
+                    continue
+                if extra_tasks is not None:  # annotated on the second task: it is kept
+                    extra_tasks.append(int(recorded))
+            elif recorded is not None and st.task_id != recorded:
+                if extra_tasks is not None:  # done already: the second task adds nothing
+                    extra_tasks.append(st.task_id)
                 continue
             new_status = "queued" if st.status == "unlabeled" else st.status
             same = (
