@@ -17,11 +17,13 @@ Figures (32x32 grayscale PNGs, small_cnn at 32 px, K = 20 MC-dropout samples, ba
   a separate process on loopback, started by ``connector.devtools.s3_server``), on the
   first ``--s3-n`` images, compared per image with local. Target: s3 <= 1.5 x local.
 
-  Measured (``--n 20000 --s3-n 10000``, load 8-11 on the shared 2-core machine): local
-  12.96 s for 20,000 (bare 7.76 s), s3 31.5 s for 10,000: **4.9x** per image (moto was
-  16.7x). Missed: every GET costs CPU in boto3 and in SeaweedFS, and here they share two
-  busy cores with the model; SeaweedFS served 515 GETs/s to 16 threads (198/s from one)
-  with nothing else running in this process, and scoring consumes ~1,500 images/s.
+  Measured (``--n 20000 --s3-n 10000``): on a quiet machine (load 0.6) bare 3.86 s and
+  local 4.33 s for 20,000 (1.12x), s3 22.2 s for 10,000: **10.3x** per image, about 450
+  images/s; at load 8-11, local 12.96 s for 20,000, s3 31.5 s for 10,000 (4.9x: local
+  slows more than the reads). moto was 16.7x. Missed: every GET costs CPU in boto3 and
+  in SeaweedFS, and here they share two cores with the model; SeaweedFS served 515 GETs/s
+  to 16 threads (198/s from one) with nothing else running in this process, and local
+  scoring consumes ~4,600 images/s on a quiet machine.
 
 bare and local are interleaved, best of ``--repeat`` (load from other work on a shared
 machine only adds time). Writes ``benchmarks/results/scoring.json``.
