@@ -18,14 +18,11 @@ from typing import Any
 
 import pytest
 
-from connector.app import build_app
 from connector.devtools.datasets import LabeledImage
-from connector.ops.daemon import Daemon
 from connector.ops.metrics import HealthServer
-from connector.settings import load_settings
 from connector.state import SelectedItem
-from tests.fakes import PixelLearner
-from tests.fixtures.s3 import upload_digits, write_server_settings
+from tests.fixtures.s3 import upload_digits
+from tests.servers import server_daemon
 from tests.test_alerts import Receiver
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.s3]
@@ -116,20 +113,23 @@ def test_alert_kinds_on_real_servers(
     relay.start()
     receiver = Receiver()
     extra = (
-        '[strategy]\nname = "random"\nbatch_size = 10\n'
         f'[alerts]\ntask_stall_hours = 0.0005\nwebhook_url = "{receiver.url}/hook"\n'
         f'slack_webhook_url = "{receiver.url}/slack"\n'
     )
-    url = f"http://127.0.0.1:{relay.port}"
-    config = write_server_settings(
-        tmp_path, url, s3_server, s3_bucket, title="alc-alerts", extra=extra
+    daemon = server_daemon(
+        tmp_path,
+        label_studio,
+        s3_server,
+        s3_bucket,
+        monkeypatch,
+        title="alc-alerts",
+        batch_size=10,
+        extra=extra,
+        ls_url=f"http://127.0.0.1:{relay.port}",
     )
-    monkeypatch.setenv("ALC_LABEL_STUDIO__TOKEN", label_studio.legacy_token)
-    settings = load_settings(config)
-    app = build_app(settings, learner=PixelLearner())
-    daemon = Daemon(settings, app.engine)
-    state = app.engine.state
-    adapter: Any = app.engine.ports.labeling
+    engine = daemon.engine
+    state = engine.state
+    adapter: Any = engine.ports.labeling
     server = HealthServer(
         "127.0.0.1", 0, daemon.metrics, alive=lambda: True, ready=daemon.services.ready
     )
@@ -163,9 +163,9 @@ def test_alert_kinds_on_real_servers(
         item, task_id = open_tasks[0]
         adapter.annotate_task(task_id, truth[item])
         daemon.poll()
-        rnd = state.start_round(trigger="admin", plan=app.engine.resolve_plan().to_json())
+        rnd = state.start_round(trigger="admin", plan=engine.resolve_plan().to_json())
         state.freeze_selection(rnd.round, [SelectedItem(0, item, "train", 1.0, None, None)])
-        app.engine.resume(rnd.round)
+        engine.resume(rnd.round)
         (refused,) = _open(state, "item_requeued")
         assert refused["items"] == [item] and refused["severity"] == "error"
         assert len(adapter.ls.lookup([item])[item]) == 1

@@ -9,14 +9,12 @@ from typing import Any
 
 import pytest
 
-from connector.app import build_app
 from connector.contracts.ports import ObjectInfo
 from connector.devtools.datasets import LabeledImage
-from connector.ops.daemon import Daemon
-from connector.settings import load_settings
 from connector.state import StateDB
-from tests.fakes import PixelLearner, build, label_all
-from tests.fixtures.s3 import upload_digits, write_server_settings
+from tests.fakes import build, label_all
+from tests.fixtures.s3 import upload_digits
+from tests.servers import server_daemon
 
 
 def _pool(digit_objects: Any, n: int) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -115,31 +113,6 @@ def test_md5_etags_give_the_hash_without_a_read_and_a_changed_object_is_free_aga
     row = state.item_history("b.png")
     assert row is not None and row["status"] == "discovered" and row["duplicate_of"] is None
     assert row["content_hash"] == f"md5:{other}"
-
-
-def server_daemon(
-    tmp_path: Path,
-    label_studio: Any,
-    s3_server: str,
-    s3_bucket: str,
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    title: str,
-    batch_size: int,
-) -> Daemon:
-    """A daemon on the session's Label Studio (a new project) and the SeaweedFS bucket,
-    random batches, the fakes' pixel learner."""
-    config = write_server_settings(
-        tmp_path,
-        label_studio.url,
-        s3_server,
-        s3_bucket,
-        title=title,
-        extra=f'[strategy]\nname = "random"\nbatch_size = {batch_size}\n',
-    )
-    monkeypatch.setenv("ALC_LABEL_STUDIO__TOKEN", label_studio.legacy_token)
-    settings = load_settings(config)
-    return Daemon(settings, build_app(settings, learner=PixelLearner()).engine)
 
 
 @pytest.mark.labelstudio

@@ -17,7 +17,7 @@ from connector.settings import AlertSettings
 from tests.fakes import build
 from tests.fixtures.labelstudio import annotate
 from tests.fixtures.s3 import upload_digits
-from tests.test_duplicates import server_daemon
+from tests.servers import server_daemon
 
 
 def _unknown(reason_label: str, task_id: int, item_id: str) -> TaskLabelState:

@@ -19,14 +19,11 @@ from typing import Any
 
 import pytest
 
-from connector.app import build_app
 from connector.devtools.datasets import LabeledImage
 from connector.labelstudio.adapter import LabelStudioAdapter
-from connector.ops.daemon import Daemon
-from connector.settings import load_settings
 from connector.state import Phase
-from tests.fakes import PixelLearner
-from tests.fixtures.s3 import upload_digits, write_server_settings
+from tests.fixtures.s3 import upload_digits
+from tests.servers import server_daemon
 from tests.test_alerts_servers import Relay
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.s3, pytest.mark.slow]
@@ -54,24 +51,22 @@ def test_label_studio_outage_mid_round_loses_and_doubles_nothing(
     relay = Relay((host, int(port)))
     relay.start()
     extra = (
-        '[strategy]\nname = "random"\nbatch_size = 10\n'
         "[rounds]\nretry_backoff_seconds = 0.5\nmin_labeled_fraction = 1.0\n"
         f"[polling]\noverlap_seconds = {OVERLAP_S}\n"
     )
-    config = write_server_settings(
+    daemon = server_daemon(
         tmp_path,
-        f"http://127.0.0.1:{relay.port}",
+        label_studio,
         s3_server,
         s3_bucket,
+        monkeypatch,
         title="alc-outage",
+        batch_size=10,
         extra=extra,
+        ls_url=f"http://127.0.0.1:{relay.port}",
     )
-    monkeypatch.setenv("ALC_LABEL_STUDIO__TOKEN", label_studio.legacy_token)
-    settings = load_settings(config)
-    app = build_app(settings, learner=PixelLearner())
-    daemon = Daemon(settings, app.engine)
-    state = app.engine.state
-    through_relay: Any = app.engine.ports.labeling
+    state = daemon.engine.state
+    through_relay: Any = daemon.engine.ports.labeling
     # the annotators' side: the server itself, not the connector's path to it
     annotators = LabelStudioAdapter(
         label_studio.url, label_studio.legacy_token, through_relay.project_id
@@ -137,18 +132,9 @@ def test_a_late_second_task_of_an_item_is_withdrawn_or_taken_never_counted_twice
     tests/test_fault_injection.py): two tasks with one ``al_item_id``."""
     upload_digits(s3_client, s3_bucket, "pool/", digits_dir, limit=40)
     truth = {img.key: img.label for img in digits_dir[1]}
-    config = write_server_settings(
-        tmp_path,
-        label_studio.url,
-        s3_server,
-        s3_bucket,
-        title="alc-late",
-        extra='[strategy]\nname = "random"\nbatch_size = 10\n',
-    )
-    monkeypatch.setenv("ALC_LABEL_STUDIO__TOKEN", label_studio.legacy_token)
-    settings = load_settings(config)
-    app = build_app(settings, learner=PixelLearner())
-    engine = app.engine
+    engine = server_daemon(
+        tmp_path, label_studio, s3_server, s3_bucket, monkeypatch, title="alc-late", batch_size=10
+    ).engine
     adapter: Any = engine.ports.labeling
     engine.step()
     (open_item, recorded), (taken_item, taken_recorded) = adapter.open_tasks()[-2:]
