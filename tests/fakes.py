@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from connector.contracts.learner import ImageRef, Progress, Scored
+from connector.contracts.learner import ImageRef, Progress, Scored, UnlabeledPool
 from connector.contracts.ports import (
     ObjectInfo,
     PollResult,
@@ -178,6 +178,7 @@ class PixelLearner:
     def __init__(self) -> None:
         self.fits = 0
         self.mc_samples_seen: list[int] = []
+        self.unlabeled_seen: list[bytes] | None = None
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> Any:
         return None
@@ -190,8 +191,12 @@ class PixelLearner:
         *,
         seed: int,
         progress: Progress | None = None,
+        unlabeled: UnlabeledPool | None = None,
     ) -> Any:
         self.fits += 1
+        # What a semi-supervised learner would read: every image of the pool it is given.
+        if unlabeled is not None:
+            self.unlabeled_seen = unlabeled.sample(len(unlabeled), np.random.default_rng(0))
         x = np.stack([_pixels(i) for i in images])
         clf = LogisticRegression(max_iter=200, random_state=seed)
         clf.fit(x, np.asarray(labels))

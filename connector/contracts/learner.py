@@ -27,6 +27,23 @@ class Scored:
     failures: list[tuple[str, str]]
 
 
+class UnlabeledPool(Protocol):
+    """Unlabeled pool images a learner may train on (semi- or self-supervised).
+
+    Images are read from the object store when asked for and never cached: the local
+    cache holds labeled items only. The validation split is never part of it.
+    """
+
+    def __len__(self) -> int:
+        """How many items ``sample`` draws from."""
+        ...
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[bytes]:
+        """Encoded images of ``min(n, len(self))`` distinct random items; unreadable
+        ones are left out, so fewer may come back."""
+        ...
+
+
 class Learner(Protocol):
     def fit(
         self,
@@ -36,8 +53,10 @@ class Learner(Protocol):
         *,
         seed: int,
         progress: Progress | None = None,
+        unlabeled: UnlabeledPool | None = None,
     ) -> Any:
-        """Train a new model on the labeled set; returns an opaque model."""
+        """Train a new model on the labeled set; returns an opaque model. A learner
+        configured to use the unlabeled pool draws from ``unlabeled``; others ignore it."""
         ...
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from connector.contracts.learner import ImageRef, Progress, Scored
+from connector.contracts.learner import ImageRef, Progress, Scored, UnlabeledPool
 from connector.learning.checkpoints import load_checkpoint, save_checkpoint
 from connector.learning.images import Decoder, decode_image
 from connector.learning.model import ModelSpec
@@ -59,6 +59,7 @@ class TorchLearner:
         *,
         seed: int,
         progress: Progress | None = None,
+        unlabeled: UnlabeledPool | None = None,
     ) -> TrainedModel:
         cfg = TrainConfig(**{**self.train_config.__dict__, "seed": seed})
         return train_classifier(

@@ -25,6 +25,8 @@ from connector.rounds import dedupe, insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
 from connector.rounds.plan import RoundPlan
 from connector.rounds.selection import Pick, picks, sample_candidates
+from connector.rounds.unlabeled import MAX_KEYS as MAX_UNLABELED_KEYS
+from connector.rounds.unlabeled import StorePool
 from connector.state import Phase, Round, SelectedItem
 from connector.storage.window import raise_store_errors
 from strategies import ItemScorer, PoolOutputs, Selection, item_scores
@@ -50,6 +52,12 @@ def train(ctx: RoundContext, rnd: Round) -> None:
         log.warning("round %d: fewer than 2 classes labeled; no model yet", rnd.round)
         ctx.state.set_phase(rnd.round, Phase.SCORE, metrics={"trained": False})
         return
+    rng = ctx.rng(rnd, "unlabeled")
+    pool = StorePool(
+        ctx.ports.store,
+        lambda: sample_candidates(ctx.state.iter_candidate_ids(), MAX_UNLABELED_KEYS, rng),
+        read_concurrency=ctx.cfg.read_concurrency,
+    )
     t0 = time.perf_counter()
     model = ctx.learner.fit(
         [p for p, _ in train_set],
@@ -57,6 +65,7 @@ def train(ctx: RoundContext, rnd: Round) -> None:
         ctx.classes,
         seed=ctx.cfg.seed + rnd.round,
         progress=ctx.progress,
+        unlabeled=pool,
     )
     train_s = time.perf_counter() - t0
     evaluation = (

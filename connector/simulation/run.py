@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from connector.contracts.learner import ImageRef, Learner, Progress
+from connector.contracts.learner import ImageRef, Learner, Progress, UnlabeledPool
 from connector.contracts.ports import ObjectStore
 from connector.learning.images import DecodeMemo
 from connector.learning.model import ModelSpec
@@ -94,12 +94,17 @@ class _SimulationLearner(TorchLearner):
         *,
         seed: int,
         progress: Progress | None = None,
+        unlabeled: UnlabeledPool | None = None,
     ) -> TrainedModel:
         if len(images) != self._initial:
-            return super().fit(images, labels, classes, seed=seed, progress=progress)
+            return super().fit(
+                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled
+            )
         key = (tuple(str(i) for i in images), tuple(labels), tuple(classes), seed)
         if key not in self._fits:
-            self._fits[key] = super().fit(images, labels, classes, seed=seed, progress=progress)
+            self._fits[key] = super().fit(
+                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled
+            )
         return self._fits[key]
 
 
