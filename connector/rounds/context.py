@@ -109,6 +109,7 @@ class EngineConfig:
     full_rescan_every: int
     read_concurrency: int
     import_chunk_size: int
+    import_settle_seconds: float
     min_labeled_fraction: float
     interval_minutes: float | None
     min_new_labels: int
@@ -129,6 +130,7 @@ class EngineConfig:
             full_rescan_every=settings.storage.full_rescan_every,
             read_concurrency=settings.storage.read_concurrency,
             import_chunk_size=settings.label_studio.import_chunk_size,
+            import_settle_seconds=settings.label_studio.import_settle_seconds,
             min_labeled_fraction=r.min_labeled_fraction,
             interval_minutes=r.interval_minutes,
             min_new_labels=r.min_new_labels,

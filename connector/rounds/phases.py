@@ -21,7 +21,7 @@ import numpy as np
 
 from connector.contracts.errors import CheckpointError
 from connector.contracts.ports import TaskToPush
-from connector.rounds import dedupe, insight, report
+from connector.rounds import dedupe, inflight, insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
 from connector.rounds.plan import RoundPlan
 from connector.rounds.selection import Pick, picks, sample_candidates
@@ -270,15 +270,19 @@ def _choose(
 def push(ctx: RoundContext, rnd: Round) -> None:
     """Withdraw earlier rounds' open training tasks, then import this round's in priority
     order: Label Studio serves tasks in import order (docs/labelstudio.md)."""
+    if inflight.must_wait(ctx, rnd):
+        return
     version = rnd.model_version or ctx.model_version(rnd)
     _withdraw_stale(ctx, rnd)
     # The same image under another key is pushed once (``rounds.dedupe``).
     pending, n_duplicates = dedupe.drop_duplicates(ctx, rnd, ctx.state.unpushed(rnd.round))
-    # An item already queued or labeled is re-queued only on purpose (`items requeue`).
+    # An item already queued or labeled is re-queued only on purpose (`items requeue`),
+    # except when that task is this push's own import, polled before it was recorded.
+    landed = set(ctx.state.polled_before_recorded([s.item_id for s in pending]))
     refused = set(
         ctx.state.refuse_repush(
             rnd.round,
-            [s.item_id for s in pending],
+            [s.item_id for s in pending if s.item_id not in landed],
             "To send one again, run `al-connector items requeue KEY`",
         )
     )
@@ -299,7 +303,14 @@ def push(ctx: RoundContext, rnd: Round) -> None:
             )
             for s in chunk
         ]
-        mapping = ctx.ports.labeling.push(tasks, version)
+        inflight.mark(ctx, rnd, [s.item_id for s in chunk])
+        try:
+            mapping = ctx.ports.labeling.push(tasks, version)
+        except Exception:
+            # The process lived: the adapter reconciled what it could, and an outage
+            # must not add the wait. The mark stays only when the process dies here.
+            inflight.clear(ctx)
+            raise
         missing = [s.item_id for s in chunk if s.item_id not in mapping]
         if missing:
             raise RuntimeError(
@@ -307,6 +318,7 @@ def push(ctx: RoundContext, rnd: Round) -> None:
                 f"{missing[0]}; the next attempt reconciles and retries"
             )
         ctx.state.record_push(rnd.round, mapping, {s.item_id: s.split for s in chunk})
+        inflight.clear(ctx)
         if ctx.progress:
             ctx.progress("push", min(start + chunk_size, len(pending)), len(pending))
     if rnd.model_version is not None:

@@ -42,6 +42,14 @@ class LabelStudioSettings(_Section):
         description="How several annotations on one task resolve to one label.",
     )
     import_chunk_size: int = Field(500, ge=1, le=5000, description="Tasks per import call.")
+    import_settle_seconds: float = Field(
+        45.0,
+        ge=0,
+        le=3600,
+        description="After a crash cut a push off inside an import call, wait up to this "
+        "long for Label Studio to finish that call before importing the items again (its "
+        "SQLite retry can commit a dead client's import tens of seconds later).",
+    )
     timeout_s: float = Field(30.0, gt=0, description="HTTP timeout per request, seconds.")
     ca_bundle: Path | None = Field(
         None,

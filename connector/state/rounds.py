@@ -78,6 +78,11 @@ class RoundQueries(Database):
             row = c.execute("SELECT attempts FROM rounds WHERE round = ?", (number,)).fetchone()
         return int(row["attempts"])
 
+    def defer_phase(self, number: int, retry_at: str) -> None:
+        """Run the round's current phase again at ``retry_at``, not as a failed attempt."""
+        with self.tx() as c:
+            c.execute("UPDATE rounds SET retry_at = ? WHERE round = ?", (retry_at, number))
+
     def fail_round(self, number: int, phase: Phase, error: str) -> None:
         """The round gives up: FAILED, remembering the phase it failed in."""
         with self.tx() as c:
@@ -159,7 +164,10 @@ class RoundQueries(Database):
             c.execute("DELETE FROM round_labels WHERE round = ?", (number,))
             cur = c.execute(
                 "INSERT INTO round_labels (round, item_id, split, label) "
-                "SELECT ?, item_id, split, label FROM items WHERE status = 'labeled'",
+                "SELECT ?, item_id, split, label FROM items WHERE status = 'labeled' "
+                # As ``labeled_items``: a task of an item this db never pushed (a db
+                # restored from a backup) has no split, and trains nothing.
+                "AND split IS NOT NULL",
                 (number,),
             )
             return cur.rowcount
@@ -209,6 +217,24 @@ class RoundQueries(Database):
             (number,),
         )
         return [SelectedItem(**dict(r)) for r in rows]
+
+    def polled_before_recorded(self, item_ids: Sequence[str]) -> list[str]:
+        """Of these items, those whose task the poll found (and maybe ingested an annotation
+        of) before any push of it was recorded: an import that landed, then a crash before
+        its chunk was recorded. PUSH records them; they are not re-queues."""
+        out: list[str] = []
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.query(
+                f"SELECT i.item_id FROM items i WHERE i.item_id IN ({marks}) "
+                "AND i.task_id IS NOT NULL AND i.status NOT IN ('discovered', 'missing') "
+                "AND NOT EXISTS (SELECT 1 FROM pushes p WHERE p.item_id = i.item_id "
+                "AND p.task_id = i.task_id)",
+                tuple(chunk),
+            )
+            out += [r["item_id"] for r in rows]
+        return out
 
     def record_push(self, number: int, pushed: dict[str, int], splits: dict[str, str]) -> None:
         """Commit one pushed chunk: the items become ``queued`` with their task ids."""
