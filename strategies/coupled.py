@@ -17,12 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from strategies._common import (
-    check_rng,
     check_scores,
-    clip_k,
-    empty_selection,
     row_chunks,
-    top_k_order,
+    select_top,
 )
 from strategies.base import PoolOutputs, Selection
 from strategies.uncertainty import mean_probs
@@ -61,13 +58,7 @@ class _AuxScore:
         raise NotImplementedError
 
     def select(self, outputs: PoolOutputs, k: int, rng: np.random.Generator) -> Selection:
-        check_rng(rng)
-        k = clip_k(k, outputs.n)
-        if k == 0:
-            return empty_selection(self.name)
-        scores = self.score(outputs)
-        idx = top_k_order(scores, k)
-        return Selection(idx, scores[idx], self.name, {"score": self.name})
+        return select_top(self.name, self.score, outputs, k, rng)
 
 
 class LossPrediction(_AuxScore):
