@@ -12,6 +12,7 @@ import numpy as np
 from connector.contracts.learner import ImageRef, Progress, Scored, UnlabeledPool
 from connector.learning.checkpoints import load_checkpoint, save_checkpoint
 from connector.learning.coupled import COUPLED, Coupling
+from connector.learning.coupled.vaal import STEPS as VAAL_STEPS
 from connector.learning.images import Decoder, decode_image
 from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_pool
@@ -27,6 +28,8 @@ class TorchLearner:
     #: How images are decoded: ``decode_image``, or a ``DecodeMemo`` where the same
     #: images come back round after round (``simulate``).
     decode: Decoder = decode_image
+    #: VAAL's optimiser steps per round (``learning.coupled.vaal``).
+    vaal_steps: int = VAAL_STEPS
     #: What it trains for training-coupled strategies (``contracts.learner.CoupledLearner``).
     coupled_training = COUPLED
 
@@ -68,7 +71,7 @@ class TorchLearner:
         cfg = TrainConfig(**{**self.train_config.__dict__, "seed": seed})
         coupling = None
         if trains is not None:
-            coupling = Coupling(trains, unlabeled, self.decode, seed)
+            coupling = Coupling(trains, unlabeled, self.decode, seed, self.vaal_steps)
         return train_classifier(
             list(images),
             list(labels),

@@ -21,6 +21,7 @@ from connector.contracts.errors import ConfigError
 from connector.contracts.learner import Progress, UnlabeledPool
 from connector.learning.coupled.base import CoupledModule, Session, StepHook
 from connector.learning.coupled.loss_prediction import LossPredictionModule, LossPredictionSession
+from connector.learning.coupled.vaal import STEPS as VAAL_STEPS
 from connector.learning.coupled.vaal import VAALModule, VAALSession
 from connector.learning.coupled.waal import WAALModule, WAALSession
 from connector.learning.images import BadImage, Decoder, decode_image
@@ -60,12 +61,15 @@ class Coupling:
         unlabeled: the pool VAAL and WAAL sample unlabeled images from (None: none).
         decode: the image decoder (``DecodeMemo`` in ``simulate``).
         seed: seeds the coupled networks and the unlabeled sample.
+        vaal_steps: VAAL's optimiser steps (it trains after the classifier, with its
+            own count; the others follow the classifier's steps).
     """
 
     trains: str
     unlabeled: UnlabeledPool | None = None
     decode: Decoder = decode_image
     seed: int = 0
+    vaal_steps: int = VAAL_STEPS
 
     def __post_init__(self) -> None:
         if self.trains not in COUPLED:
@@ -107,7 +111,9 @@ class Coupling:
         x_u = self.unlabeled_images(int(x_l.shape[1]), int(x_l.shape[-1]))
         if self.trains == "waal":
             return WAALSession(x_u, mean, std, seed, augment=augment, hflip=hflip)
-        return VAALSession(x_l, x_u, mean, std, int(x_l.shape[-1]), seed, progress=progress)
+        return VAALSession(
+            x_l, x_u, mean, std, int(x_l.shape[-1]), seed, steps=self.vaal_steps, progress=progress
+        )
 
 
 __all__ = [

@@ -180,8 +180,8 @@ class VAALSession:
             opt_disc.step()
             if not (torch.isfinite(vae_loss) and torch.isfinite(disc_loss)):
                 raise FloatingPointError(f"VAAL training diverged at step {step}")
-            self.vae_losses.append(float(vae_loss))
-            self.disc_losses.append(float(disc_loss))
+            self.vae_losses.append(float(vae_loss.detach()))
+            self.disc_losses.append(float(disc_loss.detach()))
             if self.progress is not None and (step % 50 == 0 or step == self.steps):
                 self.progress("training vaal", step, self.steps)
         self.seconds = time.perf_counter() - t0

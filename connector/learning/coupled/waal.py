@@ -150,7 +150,7 @@ class WAALSession:
         loss = -distance + GP_WEIGHT * gradient_penalty(critic, emb_l, emb_u, self.gen)
         loss.backward()
         self.opt.step()
-        self.distances.append(float(distance))
+        self.distances.append(float(distance.detach()))
         self._feats = None
         self.seconds += time.perf_counter() - t0
 
