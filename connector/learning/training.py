@@ -219,14 +219,10 @@ def _fit_member(
             xb = to_float(x[idx], mean, std)
             if cfg.augment:
                 xb = random_affine(xb, gen, hflip=cfg.hflip)
-            logits, extra = (
-                (model(xb), None) if hook is None else hook.forward(model, xb, y[idx], step, steps)
-            )
-            loss = F.cross_entropy(
+            logits, extra = hook.forward(model, xb, y[idx], step, steps) if hook else (model(xb), 0)
+            loss = extra + F.cross_entropy(
                 logits, y[idx], weight=weights, label_smoothing=cfg.label_smoothing
             )
-            if extra is not None:
-                loss = loss + extra
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at step {step}; lower lr "
@@ -280,9 +276,8 @@ def fit_tensors(
 ) -> TrainedModel:
     """Train on decoded ``uint8`` images ``[N, C, H, W]`` (of ``spec.image_size``).
 
-    ``coupling`` trains a training-coupled method's networks with the first member (the
-    one kept when there is a holdout trial; the trial trains the classifier alone, as it
-    only chooses the number of steps) or after it (``learning.coupled``).
+    ``coupling``: the networks of a training-coupled strategy, trained with (or after) the
+    first member's kept fit, not its holdout trial (``learning.coupled``).
 
     ``val`` (decoded images, labels) is used for early stopping of a model trained on
     every label. Without it, once the holdout is big enough (``TrainConfig``), each
@@ -306,9 +301,9 @@ def fit_tensors(
         rng = np.random.default_rng(cfg.seed)
         tr, ho = stratified_holdout(y_N.numpy(), cfg.holdout_fraction, cfg.min_holdout, rng)
     mean, std = normalisation(spec, *channel_stats(x_N_C_H_W))
-    session = None
-    if coupling is not None:
-        session = coupling.start(x_N_C_H_W, mean, std, cfg.augment, cfg.hflip, progress)
+    session = (
+        coupling.start(x_N_C_H_W, mean, std, cfg.augment, cfg.hflip, progress) if coupling else None
+    )
     members: list[Classifier] = []
     history: list[dict[str, Any]] = []
     for m in range(spec.ensemble_size):
@@ -323,7 +318,7 @@ def fit_tensors(
         model, info = _fit_member(
             x_N_C_H_W, y_N, x_val, y_val, c, spec, cfg, seed,
             mean, std, data_channels, progress, label, steps,
-            session.hook if session is not None and m == 0 else None,
+            session.hook if session and m == 0 else None,
         )  # fmt: skip
         if trial is not None:
             info["holdout_trial"] = trial
@@ -334,7 +329,8 @@ def fit_tensors(
         spec.arch, n, len(ho), history[0]["steps_run"],
         sum(h["seconds"] + h.get("holdout_trial", {}).get("seconds", 0) for h in history),
     )  # fmt: skip
-    trained = TrainedModel(
+    coupled = session.finish(members[0]) if session else None  # VAAL trains here
+    return TrainedModel(
         spec=spec,
         classes=tuple(classes),
         members=members,
@@ -342,12 +338,10 @@ def fit_tensors(
         std=std,
         data_channels=data_channels,
         config=asdict(cfg),
-        history={"members": history, "n_train": n, "n_holdout": len(ho)},
+        history={"members": history, "n_train": n, "n_holdout": len(ho)}
+        | ({"coupled": session.info()} if session else {}),
+        coupled=coupled,
     )
-    if session is not None and coupling is not None:
-        trained.coupled = session.finish(members[0])
-        trained.history["coupled"] = {"trains": coupling.trains, **session.info()}
-    return trained
 
 
 def refit_steps(trial: dict[str, Any], n_trial: int, n_all: int, cfg: TrainConfig) -> int:
@@ -384,8 +378,6 @@ def train_classifier(
     coupling: Coupling | None = None,
 ) -> TrainedModel:
     """Train a classifier on encoded images (bytes or paths) and labels indexing ``classes``.
-
-    ``coupling``: what a training-coupled strategy needs trained with it (``fit_tensors``).
 
     Images that cannot be decoded are left out with a warning (their indices are in
     ``trained.history["skipped"]``); if none is left, ``BadItem`` is raised.

@@ -176,6 +176,7 @@ class LossPredictionSession:
 
     def info(self) -> dict[str, Any]:
         return {
+            "trains": "loss_prediction",
             "ranking_loss_end": last_mean(self.losses),
             "steps": len(self.losses),
             "seconds": round(self.seconds, 3),

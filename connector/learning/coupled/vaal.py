@@ -189,6 +189,7 @@ class VAALSession:
 
     def info(self) -> dict[str, Any]:
         return {
+            "trains": "vaal",
             "unlabeled": len(self.x_u),
             "vae_loss_end": last_mean(self.vae_losses),
             "discriminator_loss_end": last_mean(self.disc_losses),

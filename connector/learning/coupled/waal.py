@@ -159,6 +159,7 @@ class WAALSession:
 
     def info(self) -> dict[str, Any]:
         return {
+            "trains": "waal",
             "unlabeled": len(self.x_u),
             "critic_distance_end": last_mean(self.distances),
             "steps": len(self.distances),
