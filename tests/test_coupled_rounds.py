@@ -4,6 +4,7 @@ the plan refuses them, at start-up, for a learner or settings that cannot train 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from connector.learning.model import ModelSpec
 from connector.learning.torch_learner import TorchLearner
 from connector.learning.trained import TrainedModel
 from connector.learning.training import TrainConfig
-from connector.rounds.context import Ports
+from connector.rounds.context import OVERRIDE_STRATEGY, Ports
 from connector.rounds.engine import RoundEngine
 from connector.simulation import SimulationConfig, load_dataset, run_simulation
 from connector.state import Phase, StateDB
@@ -157,3 +158,37 @@ def test_simulate_runs_the_coupled_strategies(tmp_path: Path) -> None:
     # simulate shares between the strategies of a seed is keyed by what was trained (with
     # margin's model, which has no aux array, their selection would have failed).
     assert all(len(runs[n]["accuracy"]) == 2 for n in ("loss_prediction", "waal"))
+
+
+def test_a_switch_to_a_coupled_strategy_after_training_trains_again(
+    tmp_path: Path, digit_objects: Any
+) -> None:
+    """An override to VAAL lands while the round trains for margin: SCORE finds no VAAL
+    values in the model's outputs and sends the round back to TRAIN, which trains VAAL."""
+    objects, truth = digit_objects
+    settings = make_settings(tmp_path, strategy={"name": "margin", "batch_size": 10})
+    learner = SpyLearner()
+    labeling = FakeLabeling(DIGIT_CLASSES)
+    ports = Ports(
+        StateDB(settings.db_path()),
+        MemoryStore(objects),
+        labeling,
+        LabeledCache(settings.cache_dir(), max_bytes=50_000_000),
+    )
+    engine = RoundEngine(settings, ports, learner, DIGIT_CLASSES)
+    engine.step()
+    label_all(labeling, truth)
+    fit = learner.fit
+
+    def fit_then_switch(*args: Any, **kwargs: Any) -> TrainedModel:
+        if not learner.trains_seen:
+            engine.state.set_meta(OVERRIDE_STRATEGY, json.dumps({"name": "vaal"}))
+        return fit(*args, **kwargs)
+
+    learner.fit = fit_then_switch  # type: ignore[method-assign]
+    rnd = engine.step()
+    while rnd is not None and rnd.phase not in (Phase.WAIT, Phase.FAILED):
+        rnd = engine.step()
+    assert rnd is not None and rnd.phase is Phase.WAIT, rnd
+    assert learner.trains_seen == [None, "vaal"]
+    assert rnd.strategy == "vaal"
