@@ -19,7 +19,7 @@ from connector.contracts.ports import ProjectInfo
 from connector.labelstudio.config import image_classification_config
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
-from connector.rounds.plan import resolve_plan
+from connector.rounds.plan import check_learner, resolve_plan
 from connector.settings import Settings
 from connector.state import StateDB
 from connector.storage.cache import LabeledCache
@@ -183,16 +183,18 @@ class App:
 
 
 def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
-    # The round plan is checked before anything is written (no state db, no project).
-    resolve_plan(settings)
+    # The round plan is checked before anything is written (no state db, no project),
+    # with the learner: it must be able to train what the strategy needs.
+    plan = resolve_plan(settings)
+    if learner is None:
+        from connector.learning.torch_learner import TorchLearner
+
+        learner = TorchLearner.from_settings(settings)
+    check_learner(plan.build(), learner, setting="strategy.name")
     state = StateDB(settings.db_path())
     store = open_store(settings)
     labeling, info = open_labeling(settings, state, store)
     classes = classes_for(settings, info)
     cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))
-    if learner is None:
-        from connector.learning.torch_learner import TorchLearner
-
-        learner = TorchLearner.from_settings(settings)
     engine = RoundEngine(settings, Ports(state, store, labeling, cache), learner, classes)
     return App(settings, engine, info)

@@ -12,6 +12,7 @@ from strategies.batchbald import BatchBALD
 from strategies.bayesian import bald, kl_to_consensus, mean_std, variation_ratios, vote_entropy
 from strategies.cluster_margin import ClusterMargin
 from strategies.coreset import CoreSet, distance_to_labeled
+from strategies.coupled import VAAL, WAAL, LossPrediction
 from strategies.kmeans import KMeansDiversity, kmeans
 from strategies.registry import (
     RandomStrategy,
@@ -19,6 +20,7 @@ from strategies.registry import (
     get_strategy,
     item_scores,
     parameters,
+    trains,
 )
 from strategies.scoring import SCORERS, TopScore, scorer
 from strategies.stochastic import StochasticBatch
@@ -27,12 +29,15 @@ from strategies.uncertainty import entropy, least_confidence, margin, mean_probs
 
 __all__ = [
     "SCORERS",
+    "VAAL",
+    "WAAL",
     "Badge",
     "BatchBALD",
     "ClusterMargin",
     "CoreSet",
     "ItemScorer",
     "KMeansDiversity",
+    "LossPrediction",
     "PoolOutputs",
     "RandomStrategy",
     "Selection",
@@ -56,6 +61,7 @@ __all__ = [
     "ratio",
     "scorer",
     "set_torch_threads",
+    "trains",
     "validate_probs",
     "variation_ratios",
     "vote_entropy",

@@ -5,7 +5,7 @@ Nothing here is public API; the strategies re-export what the connector needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,23 @@ def empty_selection(name: str, info: Mapping[str, Any] | None = None) -> Selecti
     return Selection(
         np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), name, dict(info or {})
     )
+
+
+def select_top(
+    name: str,
+    score: Callable[[PoolOutputs], np.ndarray],
+    outputs: PoolOutputs,
+    k: int,
+    rng: np.random.Generator,
+) -> Selection:
+    """The ``k`` items of the highest ``score(outputs)``, ties to the lower index."""
+    check_rng(rng)
+    k = clip_k(k, outputs.n)
+    if k == 0:
+        return empty_selection(name)
+    scores = score(outputs)
+    idx = top_k_order(scores, k)
+    return Selection(idx, scores[idx], name, {"score": name})
 
 
 def require_embeddings(outputs: PoolOutputs, name: str) -> np.ndarray:

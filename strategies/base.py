@@ -11,7 +11,7 @@ randomness enters only through a ``numpy.random.Generator``; inputs are never mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,12 +31,17 @@ class PoolOutputs:
         labeled_emb_M_D: optional embeddings of the M already-labeled items, used by
             diversity methods (core-set seeds its centres with them).
         ids: optional stable item ids, one per row.
+        aux: optional per-item arrays ``[N]`` (finite floats) by name, that a model
+            trained for a training-coupled strategy produces beside its probabilities:
+            ``"loss_prediction"`` (predicted loss), ``"vaal"`` (discriminator probability
+            of "unlabeled"), ``"waal"`` (critic score). See ``strategies.coupled``.
     """
 
     probs_N_K_C: np.ndarray
     emb_N_D: np.ndarray | None = None
     labeled_emb_M_D: np.ndarray | None = None
     ids: Sequence[str] | None = None
+    aux: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         validate_probs(self.probs_N_K_C)
@@ -59,6 +64,8 @@ class PoolOutputs:
             raise ValueError(
                 f"{len(self.ids)} ids for {n} rows of probs_N_K_C; pass exactly one id per row"
             )
+        for name, arr in (self.aux or {}).items():
+            _check_aux(name, arr, n)
 
     @property
     def n(self) -> int:
@@ -80,6 +87,7 @@ class PoolOutputs:
             emb_N_D=None if self.emb_N_D is None else self.emb_N_D[idx],
             labeled_emb_M_D=self.labeled_emb_M_D,
             ids=None if self.ids is None else [self.ids[i] for i in idx.tolist()],
+            aux=None if self.aux is None else {k: v[idx] for k, v in self.aux.items()},
         )
 
 
@@ -188,3 +196,19 @@ def _check_matrix(name: str, arr: np.ndarray) -> None:
         raise ValueError(f"{name} must be floating point, got {arr.dtype}")
     if arr.size and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_aux(name: str, arr: np.ndarray, n: int) -> None:
+    where = f"aux[{name!r}]"
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1:
+        shape = getattr(arr, "shape", None)
+        raise ValueError(f"{where} must be a 1-D numpy array [N], got shape {shape}")
+    if arr.shape[0] != n:
+        raise ValueError(
+            f"{where} has {arr.shape[0]} values but probs_N_K_C has {n} rows; "
+            "pass one value per pool item"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{where} must be floating point, got {arr.dtype}")
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{where} contains NaN or infinite values; check the model's outputs")

@@ -20,6 +20,7 @@ from strategies.base import ItemScorer, PoolOutputs, Selection, Strategy
 from strategies.batchbald import BatchBALD
 from strategies.cluster_margin import ClusterMargin
 from strategies.coreset import CoreSet
+from strategies.coupled import VAAL, WAAL, LossPrediction
 from strategies.kmeans import KMeansDiversity
 from strategies.scoring import SCORERS, TopScore
 from strategies.stochastic import MODES, StochasticBatch
@@ -49,6 +50,9 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "badge": Badge,
     "kmeans": KMeansDiversity,
     "typiclust": TypiClust,
+    "loss_prediction": LossPrediction,
+    "vaal": VAAL,
+    "waal": WAAL,
 }
 
 
@@ -100,3 +104,9 @@ def item_scores(strategy: Strategy, outputs: PoolOutputs) -> np.ndarray | None:
     if isinstance(strategy, ItemScorer):
         return strategy.score(outputs)
     return None
+
+
+def trains(strategy: Strategy) -> str | None:
+    """What ``strategy`` needs trained with the classifier (``strategies.coupled``), or None."""
+    value = getattr(strategy, "trains", None)
+    return value if isinstance(value, str) else None

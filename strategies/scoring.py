@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from strategies._common import check_rng, clip_k, empty_selection, top_k_order
+from strategies._common import select_top
 from strategies.base import PoolOutputs, Selection
 from strategies.bayesian import bald, kl_to_consensus, mean_std, variation_ratios, vote_entropy
 from strategies.uncertainty import entropy, least_confidence, margin, ratio
@@ -70,10 +70,4 @@ class TopScore:
         return self._fn(outputs.probs_N_K_C, chunk_rows=self.chunk_rows)
 
     def select(self, outputs: PoolOutputs, k: int, rng: np.random.Generator) -> Selection:
-        check_rng(rng)
-        k = clip_k(k, outputs.n)
-        if k == 0:
-            return empty_selection(self.name)
-        scores = self.score(outputs)
-        idx = top_k_order(scores, k)
-        return Selection(idx, scores[idx], self.name, {"score": self.name})
+        return select_top(self.name, self.score, outputs, k, rng)

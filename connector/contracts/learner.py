@@ -93,3 +93,28 @@ class Learner(Protocol):
     def load(self, path: Path) -> Any:
         """The model saved at ``path``; ``CheckpointError`` if the file is partial."""
         ...
+
+
+class CoupledLearner(Learner, Protocol):
+    """A learner that can train what a training-coupled strategy needs (loss prediction,
+    VAAL, WAAL: ``strategies.coupled``) and score its per-item values into
+    ``PoolOutputs.aux``. A learner without ``coupled_training`` trains none of them; the
+    round plan refuses such a strategy for it (``rounds.plan.check_learner``)."""
+
+    #: The ``trains`` names it can train.
+    coupled_training: frozenset[str]
+
+    def fit(
+        self,
+        images: Sequence[ImageRef],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        *,
+        seed: int,
+        progress: Progress | None = None,
+        unlabeled: UnlabeledPool | None = None,
+        trains: str | None = None,
+    ) -> Any:
+        """``Learner.fit``, also training ``trains`` (one of ``coupled_training``);
+        VAAL and WAAL draw their unlabeled images from ``unlabeled``."""
+        ...

@@ -22,6 +22,7 @@ import torch
 
 from connector.contracts.errors import CheckpointError, ConfigError
 from connector.files import atomic_write, atomic_write_text
+from connector.learning.coupled import build_module
 from connector.learning.model import Classifier, ModelSpec, build_model
 from connector.learning.trained import TrainedModel
 
@@ -38,8 +39,9 @@ def save_checkpoint(
     {name: tensor}}``, so ``torch.load(weights_only=True)`` reads it without running any
     pickled code. ``meta`` holds the model spec, the label map (class order), the
     training settings and history, and ``extra`` (e.g. round, model version; it must be
-    JSON-serialisable). A copy of ``meta`` is written beside it as ``<path>.json`` for
-    people and tools.
+    JSON-serialisable); with a training-coupled module, its name and constructor
+    arguments (``coupled``) beside its tensors (``coupled.*``). A copy of ``meta`` is
+    written beside it as ``<path>.json`` for people and tools.
     """
     path = Path(path)
     meta = {
@@ -54,6 +56,9 @@ def save_checkpoint(
         "extra": extra or {},
         "torch": torch.__version__,
     }
+    if trained.coupled is not None:
+        # Optional key: checkpoints without it (older ones too) load with no module.
+        meta["coupled"] = {"name": trained.coupled.name, "config": trained.coupled.config()}
     meta_text = json.dumps(meta, indent=2, sort_keys=True)
     tensors: dict[str, torch.Tensor] = {
         "norm.mean": trained.mean.detach().clone(),
@@ -62,6 +67,9 @@ def save_checkpoint(
     for i, member in enumerate(trained.members):
         for name, value in member.state_dict().items():
             tensors[f"members.{i}.{name}"] = value.detach().clone()
+    if trained.coupled is not None:
+        for name, value in trained.coupled.state_dict().items():
+            tensors[f"coupled.{name}"] = value.detach().clone()
     payload = {"meta": meta_text, "tensors": tensors}
     atomic_write(path, lambda p: torch.save(payload, p))
     atomic_write_text(Path(f"{path}.json"), meta_text + "\n")
@@ -107,6 +115,15 @@ def load_checkpoint(path: Path | str) -> TrainedModel:
             model = build_model(shell, len(classes), int(meta["data_channels"]))
         model.load_state_dict(state)
         members.append(model.eval())
+    coupled = None
+    if meta.get("coupled"):
+        with torch.random.fork_rng(devices=[]):
+            coupled = build_module(meta["coupled"]["name"], meta["coupled"]["config"])
+        prefix = "coupled."
+        coupled.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+        coupled.eval()
     return TrainedModel(
         spec=spec,
         classes=classes,
@@ -116,6 +133,7 @@ def load_checkpoint(path: Path | str) -> TrainedModel:
         data_channels=int(meta["data_channels"]),
         config=meta["train_config"],
         history=meta["history"],
+        coupled=coupled,
     )
 
 

@@ -133,7 +133,8 @@ def score_pool(
     prefetch: int = 3,
     decode: Decoder = decode_image,
 ) -> ScoreResult:
-    """Score pool items into ``PoolOutputs`` (``probs_N_K_C``, ``emb_N_D``, ``ids``).
+    """Score pool items into ``PoolOutputs`` (``probs_N_K_C``, ``emb_N_D``, ``ids``, and
+    the ``aux`` array of the model's coupled module when it has one).
 
     Args:
         items: ``(key, encoded bytes or the exception reading it)``, e.g.
@@ -159,6 +160,7 @@ def score_pool(
     ids: list[str] = []
     probs: list[np.ndarray] = []
     embs: list[np.ndarray] = []
+    auxes: list[dict[str, np.ndarray]] = []
     compute = wait = 0.0
     try:
         while True:
@@ -169,9 +171,10 @@ def score_pool(
             if obj is _DONE:
                 break
             assert isinstance(obj, _Batch)
-            p, e = trained.infer(obj.x, mc_samples, gen, with_embeddings)
+            p, e, a = trained.infer_aux(obj.x, mc_samples, gen, with_embeddings)
             compute += time.perf_counter() - t1
             probs.append(p)
+            auxes.append(a)
             if e is not None:
                 embs.append(e)
             ids.extend(obj.keys)
@@ -194,7 +197,11 @@ def score_pool(
         "wait": round(wait, 4),
         "total": round(time.perf_counter() - t_start, 4),
     }
-    outputs = PoolOutputs(probs_N_K_C=probs_N_K_C, emb_N_D=emb_N_D, ids=ids)
+    aux: dict[str, np.ndarray] | None = None
+    if trained.coupled is not None:
+        name = trained.coupled.name
+        aux = {name: np.concatenate([a[name] for a in auxes]) if auxes else np.empty(0, np.float32)}
+    outputs = PoolOutputs(probs_N_K_C=probs_N_K_C, emb_N_D=emb_N_D, ids=ids, aux=aux)
     return ScoreResult(outputs, list(producer.failures), timings)
 
 

@@ -11,6 +11,8 @@ import numpy as np
 
 from connector.contracts.learner import ImageRef, Progress, Scored, UnlabeledPool
 from connector.learning.checkpoints import load_checkpoint, save_checkpoint
+from connector.learning.coupled import COUPLED, Coupling
+from connector.learning.coupled.vaal import STEPS as VAAL_STEPS
 from connector.learning.images import Decoder, decode_image
 from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_pool
@@ -26,6 +28,10 @@ class TorchLearner:
     #: How images are decoded: ``decode_image``, or a ``DecodeMemo`` where the same
     #: images come back round after round (``simulate``).
     decode: Decoder = decode_image
+    #: VAAL's optimiser steps per round (``learning.coupled.vaal``).
+    vaal_steps: int = VAAL_STEPS
+    #: What it trains for training-coupled strategies (``contracts.learner.CoupledLearner``).
+    coupled_training = COUPLED
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchLearner:
@@ -60,8 +66,12 @@ class TorchLearner:
         seed: int,
         progress: Progress | None = None,
         unlabeled: UnlabeledPool | None = None,
+        trains: str | None = None,
     ) -> TrainedModel:
         cfg = TrainConfig(**{**self.train_config.__dict__, "seed": seed})
+        coupling = None
+        if trains is not None:
+            coupling = Coupling(trains, unlabeled, self.decode, seed, self.vaal_steps)
         return train_classifier(
             list(images),
             list(labels),
@@ -70,6 +80,7 @@ class TorchLearner:
             cfg,
             progress=progress,
             decode=self.decode,
+            coupling=coupling,
         )
 
     def evaluate(

@@ -18,6 +18,7 @@ import torch
 
 from connector.contracts.errors import BadItem
 from connector.learning.backbones import SMALL_CNN
+from connector.learning.coupled.base import CoupledModule
 from connector.learning.images import ImageSource, decode_many, to_float
 from connector.learning.model import Classifier, ModelSpec, build_model
 
@@ -53,6 +54,8 @@ class TrainedModel:
         data_channels: channels images are decoded to (1 or 3).
         config: the training settings (``TrainConfig`` as a dict).
         history: what training did (steps, seconds, holdout accuracy), JSON-serialisable.
+        coupled: the network a training-coupled strategy trained with the first member
+            (``learning.coupled``), or None; its per-item output is ``aux[coupled.name]``.
     """
 
     spec: ModelSpec
@@ -63,6 +66,7 @@ class TrainedModel:
     data_channels: int
     config: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
+    coupled: CoupledModule | None = None
 
     @classmethod
     def untrained(
@@ -112,20 +116,38 @@ class TrainedModel:
         (dropout masks from ``generator``; ``mc_samples = 1`` is the deterministic
         prediction). Embeddings are the first member's.
         """
+        probs, emb, _ = self.infer_aux(x_B_C_H_W, mc_samples, generator, with_embeddings)
+        return probs, emb
+
+    def infer_aux(
+        self,
+        x_B_C_H_W: torch.Tensor,
+        mc_samples: int = 1,
+        generator: torch.Generator | None = None,
+        with_embeddings: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """``infer`` plus the coupled module's per-item values (``{name: float32 [B]}``,
+        empty without one), from the first member's pass over the batch."""
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         x = to_float(x_B_C_H_W, self.mean, self.std)
         probs: list[torch.Tensor] = []
         emb: torch.Tensor | None = None
+        aux: dict[str, np.ndarray] = {}
         with torch.inference_mode():
             for i, member in enumerate(self.members):
                 member.eval()
-                feats = member.features(x)
+                if i == 0 and self.coupled is not None:
+                    feats, values = self.coupled.eval().forward_aux(member, x)
+                    aux[self.coupled.name] = values.numpy().astype(np.float32, copy=False)
+                else:
+                    feats = member.features(x)
                 if i == 0 and with_embeddings:
                     emb = feats
                 probs.append(torch.softmax(member.head_samples(feats, mc_samples, generator), -1))
         probs_B_K_C = torch.cat(probs, dim=1).numpy().astype(np.float32, copy=False)
-        return probs_B_K_C, (None if emb is None else emb.numpy().astype(np.float32, copy=False))
+        emb_np = None if emb is None else emb.numpy().astype(np.float32, copy=False)
+        return probs_B_K_C, emb_np, aux
 
     def predict_tensor(
         self, x_N_C_H_W: torch.Tensor, mc_samples: int = 1, batch_size: int = 256, seed: int = 0

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from connector.contracts.errors import BadItem, ConfigError
+from connector.learning.coupled import Coupling, StepHook
 from connector.learning.evaluation import evaluate, evaluate_predictions
 from connector.learning.images import (
     Decoder,
@@ -181,9 +182,11 @@ def _fit_member(
     progress: ProgressFn | None,
     label: str,
     steps: int | None = None,
+    hook: StepHook | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """One model on ``x``, early-stopped on ``x_val`` when it is not empty; ``steps``
-    replaces the planned step count."""
+    replaces the planned step count; ``hook`` (a training-coupled method) runs each
+    batch's forward pass and adds its loss."""
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -216,8 +219,9 @@ def _fit_member(
             xb = to_float(x[idx], mean, std)
             if cfg.augment:
                 xb = random_affine(xb, gen, hflip=cfg.hflip)
-            loss = F.cross_entropy(
-                model(xb), y[idx], weight=weights, label_smoothing=cfg.label_smoothing
+            logits, extra = hook.forward(model, xb, y[idx], step, steps) if hook else (model(xb), 0)
+            loss = extra + F.cross_entropy(
+                logits, y[idx], weight=weights, label_smoothing=cfg.label_smoothing
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -228,6 +232,8 @@ def _fit_member(
             loss.backward()
             opt.step()
             sched.step()
+            if hook is not None:
+                hook.after_step(step, steps)
             done = step
             if progress is not None and (step % 10 == 0 or step == steps):
                 progress(label, step, steps)
@@ -266,8 +272,12 @@ def fit_tensors(
     progress: ProgressFn | None = None,
     *,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    coupling: Coupling | None = None,
 ) -> TrainedModel:
     """Train on decoded ``uint8`` images ``[N, C, H, W]`` (of ``spec.image_size``).
+
+    ``coupling``: the networks of a training-coupled strategy, trained with (or after) the
+    first member's kept fit, not its holdout trial (``learning.coupled``).
 
     ``val`` (decoded images, labels) is used for early stopping of a model trained on
     every label. Without it, once the holdout is big enough (``TrainConfig``), each
@@ -291,6 +301,9 @@ def fit_tensors(
         rng = np.random.default_rng(cfg.seed)
         tr, ho = stratified_holdout(y_N.numpy(), cfg.holdout_fraction, cfg.min_holdout, rng)
     mean, std = normalisation(spec, *channel_stats(x_N_C_H_W))
+    session = (
+        coupling.start(x_N_C_H_W, mean, std, cfg.augment, cfg.hflip, progress) if coupling else None
+    )
     members: list[Classifier] = []
     history: list[dict[str, Any]] = []
     for m in range(spec.ensemble_size):
@@ -305,6 +318,7 @@ def fit_tensors(
         model, info = _fit_member(
             x_N_C_H_W, y_N, x_val, y_val, c, spec, cfg, seed,
             mean, std, data_channels, progress, label, steps,
+            session.hook if session and m == 0 else None,
         )  # fmt: skip
         if trial is not None:
             info["holdout_trial"] = trial
@@ -315,6 +329,7 @@ def fit_tensors(
         spec.arch, n, len(ho), history[0]["steps_run"],
         sum(h["seconds"] + h.get("holdout_trial", {}).get("seconds", 0) for h in history),
     )  # fmt: skip
+    coupled = session.finish(members[0]) if session else None  # VAAL trains here
     return TrainedModel(
         spec=spec,
         classes=tuple(classes),
@@ -323,7 +338,9 @@ def fit_tensors(
         std=std,
         data_channels=data_channels,
         config=asdict(cfg),
-        history={"members": history, "n_train": n, "n_holdout": len(ho)},
+        history={"members": history, "n_train": n, "n_holdout": len(ho)}
+        | ({"coupled": session.info()} if session else {}),
+        coupled=coupled,
     )
 
 
@@ -358,6 +375,7 @@ def train_classifier(
     val_images: Sequence[ImageSource] | None = None,
     val_labels: Sequence[int] | None = None,
     decode: Decoder | None = None,
+    coupling: Coupling | None = None,
 ) -> TrainedModel:
     """Train a classifier on encoded images (bytes or paths) and labels indexing ``classes``.
 
@@ -376,7 +394,7 @@ def train_classifier(
     if val_images is not None and val_labels is not None and len(val_images):
         xv, okv, _ = decode_many(val_images, int(x.shape[1]), spec.image_size, decode)
         val = (xv, torch.as_tensor([val_labels[i] for i in okv], dtype=torch.int64))
-    trained = fit_tensors(x, y, classes, spec, cfg, progress, val=val)
+    trained = fit_tensors(x, y, classes, spec, cfg, progress, val=val, coupling=coupling)
     trained.history["skipped"] = [i for i, _ in bad]
     return trained
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from connector.contracts.learner import Learner
 from connector.contracts.ports import LabelingBackend, ObjectStore
-from connector.rounds.plan import Overrides, RoundPlan, resolve_plan
+from connector.rounds.plan import Overrides, RoundPlan, check_learner, resolve_plan
 from connector.rounds.selection import readable_prefix
 from connector.settings import Settings
 from connector.state import Round, StateDB
@@ -184,8 +184,11 @@ class RoundContext:
         return read_overrides(self.state)
 
     def resolve(self, rnd: Round | None = None) -> RoundPlan:
-        """The plan as settings and overrides say now; recorded on ``rnd`` if it changed."""
+        """The plan as settings and overrides say now; recorded on ``rnd`` if it changed.
+
+        A ConfigError also when the learner cannot train what the strategy needs."""
         plan = resolve_plan(self.settings, self.overrides())
+        check_learner(plan.build(), self.learner, setting="strategy.name")
         if rnd is not None and rnd.plan != plan.to_json():
             if rnd.plan is not None:
                 log.info("round %d: plan is now %s", rnd.round, plan.describe())

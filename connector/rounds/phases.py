@@ -16,10 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+from typing import cast
 
 import numpy as np
 
 from connector.contracts.errors import CheckpointError
+from connector.contracts.learner import CoupledLearner
 from connector.contracts.ports import TaskToPush
 from connector.rounds import dedupe, inflight, insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
@@ -29,7 +33,7 @@ from connector.rounds.unlabeled import MAX_KEYS as MAX_UNLABELED_KEYS
 from connector.rounds.unlabeled import StorePool
 from connector.state import Phase, Round, SelectedItem
 from connector.storage.window import raise_store_errors
-from strategies import ItemScorer, PoolOutputs, Selection, item_scores
+from strategies import ItemScorer, PoolOutputs, Selection, item_scores, trains
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,14 @@ def train(ctx: RoundContext, rnd: Round) -> None:
         lambda: sample_candidates(ctx.state.iter_candidate_ids(), MAX_UNLABELED_KEYS, rng),
         read_concurrency=ctx.cfg.read_concurrency,
     )
+    # A training-coupled strategy (loss prediction, VAAL, WAAL) has its networks trained
+    # with the model; the plan has checked that the learner can (``plan.check_learner``).
+    need = trains(ctx.resolve(rnd).build())
+    fit = ctx.learner.fit
+    if need is not None:
+        fit = partial(cast(CoupledLearner, ctx.learner).fit, trains=need)
     t0 = time.perf_counter()
-    model = ctx.learner.fit(
+    model = fit(
         [p for p, _ in train_set],
         [y for _, y in train_set],
         ctx.classes,
@@ -146,13 +156,20 @@ def score(ctx: RoundContext, rnd: Round) -> None:
             pool.diagnostics["unreadable"] = [{"item": i, "reason": r} for i, r in scored.failures]
             log.warning("round %d: %d unreadable pool items quarantined", rnd.round, n_bad)
         out = scored.outputs
+        need = trains(strategy)
+        if need is not None and (out.aux is None or need not in out.aux):
+            # The strategy changed to a coupled one after this round's model was trained.
+            log.warning("round %d: strategy needs a model trained with %s; training again",
+                        rnd.round, need)  # fmt: skip
+            ctx.state.set_phase(rnd.round, Phase.TRAIN)
+            return
         if trained and isinstance(strategy, ItemScorer):
             # Only a per-item score can be compared between labeled and unlabeled items.
             pool.labeled = _score_labeled(ctx, rnd, model, plan, strategy.needs_embeddings)
         if strategy.needs_embeddings and trained:
             labeled = ctx.labeled("train")
             emb = ctx.learner.embed_labeled(model, [p for p, _ in labeled])
-            out = PoolOutputs(out.probs_N_K_C, out.emb_N_D, emb, out.ids)
+            out = replace(out, labeled_emb_M_D=emb)
         pool.outputs, pool.trained = out, trained
     ctx.scored[rnd.round] = pool
     ctx.state.set_phase(rnd.round, Phase.SELECT)

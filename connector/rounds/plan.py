@@ -24,7 +24,7 @@ from typing import Any
 
 from connector.contracts.errors import ConfigError
 from connector.settings import Settings
-from strategies import Strategy, available, get_strategy, parameters
+from strategies import Strategy, available, get_strategy, parameters, trains
 
 #: Strategies that read the disagreement between K samples: MC dropout is on for them.
 DISAGREEMENT = frozenset(
@@ -110,6 +110,41 @@ def check_strategy(name: str, params: Mapping[str, Any], *, setting: str) -> Str
         raise ConfigError(f"strategy {name!r}: {exc}; fix {setting}'s parameters") from None
 
 
+#: Coupled methods trained with the classifier's own steps: one model, not an ensemble.
+_ONE_MODEL = frozenset({"loss_prediction", "waal"})
+
+
+def check_coupled(strategy: Strategy, ensemble_size: int, *, setting: str) -> None:
+    """A ConfigError when the model settings cannot train what ``strategy`` needs.
+
+    Loss prediction and WAAL train their head or critic with the classifier's steps: a
+    deep ensemble would need one per member, and their scores would disagree.
+    """
+    need = trains(strategy)
+    if need in _ONE_MODEL and ensemble_size > 1:
+        raise ConfigError(
+            f"strategy {strategy.name!r} trains its {need.replace('_', ' ')} network with the "
+            f"classifier and needs one model, but model.ensemble_size is {ensemble_size}; "
+            f"set model.ensemble_size = 1 or choose another strategy for {setting}"
+        )
+
+
+def check_learner(strategy: Strategy, learner: object, *, setting: str) -> None:
+    """A ConfigError when ``learner`` cannot train what ``strategy`` needs
+    (``contracts.learner.CoupledLearner``)."""
+    need = trains(strategy)
+    if need is None:
+        return
+    can: frozenset[str] = getattr(learner, "coupled_training", frozenset())
+    if need not in can:
+        raise ConfigError(
+            f"strategy {strategy.name!r} needs the model trained with it ({need}), and the "
+            f"learner {type(learner).__name__} cannot train that; use the torch learner "
+            f"(the default) or set {setting} to a strategy that reads only probabilities "
+            "or embeddings"
+        )
+
+
 def mc_samples_for(name: str, params: Mapping[str, Any], configured: int | None) -> int:
     """The one MC rule (module docstring). A parameter naming a strategy counts too, e.g.
     ``stochastic`` over ``bald``."""
@@ -143,7 +178,8 @@ def resolve_plan(settings: Settings, overrides: Overrides | None = None) -> Roun
     params = dict(s.params) if o.strategy in (None, s.name) else {}
     params.update(o.params or {})
     setting = "the strategy override (al-connector round set)" if o.strategy else "strategy.name"
-    check_strategy(name, params, setting=setting)
+    strategy = check_strategy(name, params, setting=setting)
+    check_coupled(strategy, settings.model.ensemble_size, setting=setting)
     check_cold_start(s.cold_start)
     batch = o.batch_size if o.batch_size is not None else s.batch_size
     if batch < 1:

@@ -9,7 +9,7 @@ from typing import Any
 from connector.contracts.errors import ConfigError
 from connector.learning.model import ModelSpec
 from connector.learning.training import TrainConfig
-from connector.rounds.plan import check_cold_start, check_strategy, mc_samples_for
+from connector.rounds.plan import check_cold_start, check_coupled, check_strategy, mc_samples_for
 
 
 def parse_strategy(text: str) -> tuple[str, dict[str, Any]]:
@@ -57,7 +57,8 @@ class SimulationConfig:
             raise ConfigError("give at least one strategy")
         for text in self.strategies:
             name, params = parse_strategy(text)
-            check_strategy(name, params, setting="--strategies")
+            strategy = check_strategy(name, params, setting="--strategies")
+            check_coupled(strategy, self.spec.ensemble_size, setting="--strategies")
         check_cold_start(self.cold_start)
         if self.initial < 2 or self.batch < 1 or self.budget < self.initial:
             raise ConfigError(

@@ -95,16 +95,20 @@ class _SimulationLearner(TorchLearner):
         seed: int,
         progress: Progress | None = None,
         unlabeled: UnlabeledPool | None = None,
+        trains: str | None = None,
     ) -> TrainedModel:
         if len(images) != self._initial:
             return super().fit(
-                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled
-            )
-        key = (tuple(str(i) for i in images), tuple(labels), tuple(classes), seed)
+                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled,
+                trains=trains,
+            )  # fmt: skip
+        # A coupled strategy's first model is its own (trained with its networks).
+        key = (tuple(str(i) for i in images), tuple(labels), tuple(classes), seed, trains)
         if key not in self._fits:
             self._fits[key] = super().fit(
-                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled
-            )
+                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled,
+                trains=trains,
+            )  # fmt: skip
         return self._fits[key]
 
 

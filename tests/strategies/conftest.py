@@ -26,8 +26,10 @@ def make_pool(
     seed: int = 0,
     dtype: type = np.float32,
     embeddings: bool = True,
+    aux: bool = True,
 ) -> PoolOutputs:
-    """A pool of n items in a few clusters, with K noisy passes and m labeled embeddings."""
+    """A pool of n items in a few clusters, with K noisy passes and m labeled embeddings,
+    and (``aux``) the per-item arrays of the training-coupled strategies."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 3, size=(4, d))
     group = rng.integers(4, size=n)
@@ -36,11 +38,18 @@ def make_pool(
     logits = (emb @ w)[:, None, :] + rng.normal(0, 1.5, size=(n, k, c))
     probs: np.ndarray = softmax(logits).astype(dtype)
     labeled = centres[rng.integers(4, size=m)] + rng.normal(size=(m, d))
+    # What the coupled trainers output: a loss (>= 0), a probability, a probability.
+    aux_arrays = {
+        "loss_prediction": np.abs(rng.normal(size=n)).astype(dtype),
+        "vaal": rng.uniform(size=n).astype(dtype),
+        "waal": rng.uniform(size=n).astype(dtype),
+    }
     return PoolOutputs(
         probs_N_K_C=probs,
         emb_N_D=emb.astype(dtype) if embeddings else None,
         labeled_emb_M_D=labeled.astype(dtype) if embeddings and m else None,
         ids=[f"item-{i}" for i in range(n)],
+        aux=aux_arrays if aux else None,
     )
 
 

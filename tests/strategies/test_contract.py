@@ -8,11 +8,20 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from strategies import ItemScorer, PoolOutputs, Selection, available, get_strategy, item_scores
+from strategies import (
+    ItemScorer,
+    PoolOutputs,
+    Selection,
+    available,
+    get_strategy,
+    item_scores,
+    trains,
+)
 
 ALL = available()
 NEEDS_EMB = [name for name in ALL if get_strategy(name).needs_embeddings]
 SCORING = [name for name in ALL if isinstance(get_strategy(name), ItemScorer)]
+COUPLED = [name for name in ALL if trains(get_strategy(name)) is not None]
 #: Strategies whose choice among identical items must be the index order.
 INDEX_ORDER_ON_TIES = [
     name
@@ -44,7 +53,7 @@ def test_registry_is_complete() -> None:
         "random", "least_confidence", "margin", "ratio", "entropy", "bald",
         "variation_ratios", "mean_std", "vote_entropy", "kl_to_consensus", "batchbald",
         "power", "softmax", "softrank", "cluster_margin", "coreset", "badge", "kmeans",
-        "typiclust",
+        "typiclust", "loss_prediction", "vaal", "waal",
     }  # fmt: skip
     assert set(ALL) == expected
 
@@ -79,14 +88,20 @@ def test_inputs_are_never_modified(name: str, pool_factory: Callable[..., PoolOu
     outputs = pool_factory(seed=4)
     copies = {f.name: np.copy(getattr(outputs, f.name)) for f in dataclasses.fields(outputs)
               if isinstance(getattr(outputs, f.name), np.ndarray)}  # fmt: skip
+    assert outputs.aux is not None
+    aux_copies = {key: np.copy(arr) for key, arr in outputs.aux.items()}
     for arr_name in copies:
         getattr(outputs, arr_name).flags.writeable = False  # a write would raise
+    for arr in outputs.aux.values():
+        arr.flags.writeable = False
     sel = _select(name, outputs, 11)
     _check_selection(sel, name, outputs.n, 11)
     if isinstance(get_strategy(name), ItemScorer):
         item_scores(get_strategy(name), outputs)
     for arr_name, before in copies.items():
         np.testing.assert_array_equal(getattr(outputs, arr_name), before)
+    for key, before in aux_copies.items():
+        np.testing.assert_array_equal(outputs.aux[key], before)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -118,7 +133,8 @@ def test_deterministic_model_k_equals_one(
 def _identical_pool(n: int = 12) -> PoolOutputs:
     probs = np.tile(np.array([0.5, 0.3, 0.2], dtype=np.float32), (n, 4, 1))
     emb = np.ones((n, 3), dtype=np.float32)
-    return PoolOutputs(probs, emb, np.zeros((2, 3), dtype=np.float32))
+    aux = {key: np.full(n, 0.5, dtype=np.float32) for key in ("loss_prediction", "vaal", "waal")}
+    return PoolOutputs(probs, emb, np.zeros((2, 3), dtype=np.float32), aux=aux)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -142,6 +158,15 @@ def test_missing_embeddings_is_a_clear_error(
 ) -> None:
     outputs = pool_factory(embeddings=False)
     with pytest.raises(ValueError, match=r"needs embeddings.*emb_N_D"):
+        _select(name, outputs, 3)
+
+
+@pytest.mark.parametrize("name", COUPLED)
+def test_missing_aux_is_a_clear_error(name: str, pool_factory: Callable[..., PoolOutputs]) -> None:
+    outputs = pool_factory(aux=False)
+    with pytest.raises(
+        ValueError, match=rf"{name!r} needs the model trained with .*aux\['{name}'\]"
+    ):
         _select(name, outputs, 3)
 
 
