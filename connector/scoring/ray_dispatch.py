@@ -85,6 +85,9 @@ class Dispatch:
         self.slots = [_Slot(i) for i in range(cfg.workers)]
         self.deaths = 0
         self.last_error = ""
+        self.t0 = time.monotonic()
+        self.startup_s: float | None = None  # until the first worker was ready
+        self.shard_s = 0.0  # the workers' time in shards, summed
         self.actor_cls = ray.remote(ShardWorker).options(
             num_cpus=cfg.cpus_per_worker, max_restarts=0, max_task_retries=0
         )
@@ -96,7 +99,12 @@ class Dispatch:
         }
 
     def stats(self) -> dict[str, Any]:
-        return {"retried_shards": sum(self.lost.values()), "lost_workers": self.deaths}
+        return {
+            "retried_shards": sum(self.lost.values()),
+            "lost_workers": self.deaths,
+            "startup_seconds": round(self.startup_s or 0.0, 2),
+            "worker_seconds": round(self.shard_s, 2),
+        }
 
     def run(self, progress: Progress | None, total: int) -> dict[int, ShardResult]:
         done_items = 0
@@ -166,6 +174,8 @@ class Dispatch:
             ) from None
         if shard is None:
             slot.ready, slot.ready_ref = True, None
+            if self.startup_s is None:
+                self.startup_s = time.monotonic() - self.t0
             log.debug("Ray worker %d ready (pid %s)", slot.number, value)
             return 0
         del slot.inflight[ref]
@@ -174,6 +184,7 @@ class Dispatch:
         if shard.index in self.results:  # cannot happen: one call per try of a shard
             log.warning("%s came back twice; the first result is kept", shard.describe())
             return 0
+        self.shard_s += value.seconds
         # Own copies: Ray hands back arrays in its shared memory, freed once unreferenced.
         self.results[shard.index] = replace(
             value,
