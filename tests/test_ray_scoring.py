@@ -32,7 +32,7 @@ from connector.learning.training import TrainConfig
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
 from connector.scoring import LocalScorer
-from connector.scoring.ray_engine import _LOOPBACK_NODE_IP, RayScorer
+from connector.scoring.ray_engine import LOOPBACK_NODE_IP, RayScorer
 from connector.scoring.shards import ScoringError
 from connector.settings.scoring import ScoringSettings
 from connector.state import Phase, StateDB
@@ -56,7 +56,7 @@ def ray_cluster() -> Iterator[None]:
         num_cpus=2,
         include_dashboard=False,
         object_store_memory=200 * 1024**2,
-        _node_ip_address=_LOOPBACK_NODE_IP,
+        _node_ip_address=LOOPBACK_NODE_IP,
     )
     try:
         yield
@@ -149,6 +149,14 @@ def test_ray_scores_like_local_scoring(ray_cluster: None, pool: tuple[S3Store, l
         assert FAKE_SECRET_ACCESS_KEY.encode() not in path.read_bytes(), path
 
 
+def _is_worker(process: psutil.Process) -> bool:
+    """A Ray actor process of ours: Ray titles it after the class (``ray::ShardWorker``)."""
+    try:
+        return "ShardWorker" in " ".join(process.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return False
+
+
 def test_a_worker_killed_mid_scoring_has_its_shards_retried(
     ray_cluster: None, pool: tuple[S3Store, list[str]]
 ) -> None:
@@ -160,11 +168,7 @@ def test_a_worker_killed_mid_scoring_has_its_shards_retried(
         # At the first finished shard, both workers hold shards: SIGKILL one of them.
         if killed:
             return
-        workers = [
-            p
-            for p in psutil.Process().children(recursive=True)
-            if "ShardWorker" in " ".join(p.cmdline())
-        ]
+        workers = [p for p in psutil.Process().children(recursive=True) if _is_worker(p)]
         assert workers, "no Ray worker process found"
         killed.append(workers[0].pid)
         os.kill(workers[0].pid, signal.SIGKILL)

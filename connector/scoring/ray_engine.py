@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
+from ray import exceptions as rex
 
 from connector.contracts.errors import ConfigError, ConnectorError, ServiceUnavailable
 from connector.contracts.learner import Progress, Scored
@@ -52,7 +53,7 @@ NAMESPACE = "al-connector"
 #: Ray binds a cluster to this machine's network address, and turns "127.0.0.1" into it;
 #: another loopback address keeps a "local" cluster on this machine (Linux routes all
 #: of 127.0.0.0/8 to the loopback interface; elsewhere Ray stays on loopback itself).
-_LOOPBACK_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
+LOOPBACK_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
 
 
 def _target(address: str) -> tuple[str, int] | None:
@@ -120,8 +121,8 @@ class RayScorer:
         kwargs: dict[str, Any] = {"address": address, "namespace": NAMESPACE}
         if address == "local":
             kwargs.update(include_dashboard=False)
-            if _LOOPBACK_NODE_IP:
-                kwargs["_node_ip_address"] = _LOOPBACK_NODE_IP
+            if LOOPBACK_NODE_IP:
+                kwargs["_node_ip_address"] = LOOPBACK_NODE_IP
         try:
             ray.init(**kwargs)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
@@ -195,7 +196,9 @@ class RayScorer:
                 results = dispatch.run(progress, len(keys))
             except ConnectorError:
                 raise
-            except Exception as exc:  # the connection to the cluster, not a worker
+            except (OSError, TimeoutError, rex.RayError) as exc:
+                # What is left after the workers' errors (handled by the dispatch): the
+                # connection to the cluster. A bug of ours keeps its own traceback.
                 self.close()
                 raise ScoringError(
                     f"lost the Ray cluster at {self.cfg.ray_address} while scoring "
