@@ -93,6 +93,62 @@ def test_only_the_ray_modules_import_ray_and_the_cli_does_not_load_it() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
+_LOCAL_CLUSTER = """
+import json, sys
+from pathlib import Path
+import numpy as np, ray
+from connector.learning.checkpoints import load_checkpoint_bytes
+from connector.learning.torch_learner import TorchLearner
+from connector.learning.training import TrainConfig
+from connector.scoring import LocalScorer
+from connector.scoring.ray_engine import RayScorer
+from connector.settings.scoring import ScoringSettings
+from connector.storage.local import LocalStore
+from connector.storage.recipe import StoreRecipe
+root, keys = Path(sys.argv[1]), sys.argv[2].split(",")
+model = load_checkpoint_bytes(Path(sys.argv[3]).read_bytes())
+job = {"with_embeddings": False, "mc_samples": 3, "seed": 4}
+local = LocalScorer(TorchLearner(model.spec, TrainConfig()), LocalStore(root))
+expected = local.score_keys(model, keys, **job)
+cfg = ScoringSettings(engine="ray", ray_address="local", workers=1, shard_size=16)
+scorer = RayScorer(cfg, StoreRecipe("local", local_root=root), batch_size=8, read_concurrency=2)
+scored = scorer.score_keys(model, keys, **job)
+gcs = ray.get_runtime_context().gcs_address
+scorer.close()
+same = scored.outputs.ids == expected.outputs.ids and np.allclose(
+    scored.outputs.probs_N_K_C, expected.outputs.probs_N_K_C, atol=1e-5)
+print(json.dumps({"gcs": gcs, "same": bool(same), "up_after_close": ray.is_initialized()}))
+"""
+
+
+@pytest.mark.slow
+def test_ray_address_local_starts_a_loopback_cluster_and_scores_like_local(
+    tmp_path: Path, digits_dir: tuple[Path, list[LabeledImage]]
+) -> None:
+    # The default ray_address, in a process of its own: Ray is one per process.
+    import json
+
+    root, items = digits_dir
+    model_file = tmp_path / "model.bin"
+    model_file.write_bytes(checkpoint_bytes(small_model()))
+    keys = ",".join(i.key for i in items[:40])
+    done = subprocess.run(
+        [sys.executable, "-c", _LOCAL_CLUSTER, str(root), keys, str(model_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # Linux: a loopback alias (Ray turns 127.0.0.1 into the network address); elsewhere
+    # Ray keeps a local cluster on 127.0.0.1 itself.
+    loopback = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
+    assert result["gcs"].startswith(loopback + ":"), "the local cluster left loopback"
+    assert result["same"] and not result["up_after_close"]
+
+
 # ------------------------------------------------------------------ an unreachable cluster
 def test_an_unreachable_cluster_fails_start_up_with_the_fix(tmp_path: Path) -> None:
     import ray
