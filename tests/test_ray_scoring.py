@@ -122,6 +122,21 @@ def test_ray_workers_run_this_checkout(ray_cluster: None) -> None:
     assert ray.get(where.remote()) == str(ROOT / "connector")
 
 
+def test_check_reports_the_clusters_nodes_and_cpus(ray_cluster: None) -> None:
+    address = ray.get_runtime_context().gcs_address
+    recipe = StoreRecipe("s3", bucket="pool")
+    fits = RayScorer(
+        ScoringSettings(engine="ray", ray_address=address), recipe, batch_size=8, read_concurrency=2
+    ).check()
+    assert fits == (
+        f"ray {ray.__version__} cluster at {address}: 1 node, 2 CPUs; 2 workers x 1 CPU"
+    )
+    crowded = ScoringSettings(engine="ray", ray_address=address, workers=3)
+    text = RayScorer(crowded, recipe, batch_size=8, read_concurrency=2).check()
+    assert "the workers reserve 3 CPUs" in text and "lower scoring.workers" in text
+    assert ray.is_initialized()  # a cluster it did not join stays up
+
+
 def test_ray_scores_like_local_scoring(ray_cluster: None, pool: tuple[S3Store, list[str]]) -> None:
     store, keys = pool
     model = small_model()

@@ -163,7 +163,8 @@ class RayScorer:
             "(an autoscaler adds nodes), or lower scoring.workers"
         )
         return (
-            f"ray {ray.__version__} cluster at {c.ray_address}: {nodes} nodes, {cpus:g} CPUs; "
+            f"ray {ray.__version__} cluster at {c.ray_address}: {nodes} "
+            f"node{'' if nodes == 1 else 's'}, {cpus:g} CPUs; "
             f"{c.workers} workers x {c.cpus_per_worker:g} CPU{room}"
         )
 
