@@ -27,7 +27,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "al-connector needs Python >= 3.10"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/pip install $(PIP_FLAGS) -c constraints.txt -e '.[demo,test,dev,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -c constraints.txt -e '.[demo,test,dev,bench,ray]'
 	touch $@
 
 $(LS_BIN)/.installed:

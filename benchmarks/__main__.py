@@ -13,7 +13,15 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("strategies", "batchbald", "scoring", "round", "simulation", "labelstudio")
+BENCHMARKS = (
+    "strategies",
+    "batchbald",
+    "scoring",
+    "ray_scoring",
+    "round",
+    "simulation",
+    "labelstudio",
+)
 
 
 def main() -> None:

@@ -85,21 +85,28 @@ def piped(model: TrainedModel, store: Any, keys: list[str]) -> tuple[float, dict
     return wall, res.timings
 
 
+def bench_store(server: Any) -> Any:
+    """An ``S3Store`` on a new bucket ``pool`` of a benchmark's SeaweedFS, prefix ``bench/``."""
+    from connector.storage.s3 import S3Store
+
+    store = S3Store(
+        "pool",
+        "bench/",
+        endpoint_url=server.url,
+        region=server.region,
+        access_key_id=server.access_key_id,
+        secret_access_key=server.secret_access_key,
+    )
+    store.create_bucket()
+    return store
+
+
 def s3_run(model: TrainedModel, root: Path, keys: list[str], repeat: int) -> dict[str, Any]:
     """Upload ``keys`` to a SeaweedFS bucket on loopback, then score them from there."""
     from connector.devtools.s3_server import start_s3_server
-    from connector.storage.s3 import S3Store
 
     with tempfile.TemporaryDirectory() as tmp, start_s3_server(Path(tmp)) as server:
-        store = S3Store(
-            "pool",
-            "bench/",
-            endpoint_url=server.url,
-            region=server.region,
-            access_key_id=server.access_key_id,
-            secret_access_key=server.secret_access_key,
-        )
-        store.create_bucket()
+        store = bench_store(server)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda k: store.put(k, (root / k).read_bytes()), keys))

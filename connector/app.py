@@ -14,16 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from connector import retry
 from connector.contracts.errors import ConfigError, ServiceUnavailable
-from connector.contracts.learner import Learner
+from connector.contracts.learner import Learner, PoolScorer
 from connector.contracts.ports import ProjectInfo
 from connector.labelstudio.config import image_classification_config
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
 from connector.rounds.plan import check_learner, resolve_plan
+from connector.scoring import LocalScorer, import_ray_engine
 from connector.settings import Settings
 from connector.state import StateDB
 from connector.storage.cache import LabeledCache
 from connector.storage.local import LocalStore
+from connector.storage.recipe import StoreRecipe
 
 if TYPE_CHECKING:
     from connector.labelstudio.adapter import LabelStudioAdapter
@@ -57,6 +59,61 @@ def open_store(settings: Settings) -> S3Store | LocalStore:
         url_template=s.local_url_template or None,
         document_root=s.local_document_root,
     )
+
+
+def store_recipe(settings: Settings) -> StoreRecipe:
+    """The pool's store as the Ray workers open it; the keys travel only when
+    ``scoring.send_credentials`` (else the workers use their own AWS chain)."""
+    s = settings.storage
+    if s.kind == "local":
+        return StoreRecipe(
+            "local",
+            local_root=s.local_root,
+            local_url_template=s.local_url_template or None,
+            local_document_root=s.local_document_root,
+        )
+    pem = None
+    if s.ca_bundle is not None:
+        try:
+            pem = s.ca_bundle.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"storage.ca_bundle {s.ca_bundle} cannot be read ({exc.strerror}); fix the path"
+            ) from None
+    send = settings.scoring.send_credentials
+    return StoreRecipe(
+        "s3",
+        bucket=s.bucket,
+        prefix=s.prefix,
+        endpoint_url=s.endpoint_url,
+        region=s.region,
+        access_key_id=s.access_key_id if send else None,
+        secret_access_key=s.secret_access_key if send else None,
+        ca_bundle_pem=pem,
+    )
+
+
+def open_scorer(settings: Settings, learner: Learner, store: S3Store | LocalStore) -> PoolScorer:
+    """The SCORE phase's engine (``scoring.engine``): this process, or a Ray cluster,
+    joined here so that an unreachable one fails at start-up (``ServiceUnavailable``)."""
+    if settings.scoring.engine == "local":
+        return LocalScorer(learner, store, settings.storage.read_concurrency)
+    ray_engine = import_ray_engine()
+    from connector.learning.torch_learner import TorchLearner
+
+    if not isinstance(learner, TorchLearner):
+        raise ConfigError(
+            f'scoring.engine = "ray" scores torch models; this learner is a '
+            f'{type(learner).__name__}: set scoring.engine = "local"'
+        )
+    scorer = ray_engine.RayScorer(
+        settings.scoring,
+        store_recipe(settings),
+        batch_size=settings.strategy.score_batch_size,
+        read_concurrency=settings.storage.read_concurrency,
+    )
+    scorer.connect()
+    return scorer
 
 
 def open_labeling(
@@ -196,5 +253,7 @@ def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
     labeling, info = open_labeling(settings, state, store)
     classes = classes_for(settings, info)
     cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))
-    engine = RoundEngine(settings, Ports(state, store, labeling, cache), learner, classes)
+    scorer = open_scorer(settings, learner, store)
+    ports = Ports(state, store, labeling, cache)
+    engine = RoundEngine(settings, ports, learner, classes, scorer=scorer)
     return App(settings, engine, info)

@@ -227,3 +227,35 @@ def test_unknown_method_and_ensembles_are_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="loss prediction network"):
         check_coupled(get_strategy("loss_prediction"), 2, setting="strategy.name")
     check_coupled(get_strategy("vaal"), 3, setting="strategy.name")  # task-agnostic: fine
+
+
+def test_ray_shards_carry_the_coupled_values_as_whole_pool_scoring_does(
+    trained: Train, digits: Digits, tmp_path: Path
+) -> None:
+    from connector.learning.checkpoints import checkpoint_bytes
+    from connector.scoring.shards import merge, plan_shards
+    from connector.scoring.worker import ShardWorker
+    from connector.storage.recipe import StoreRecipe
+
+    model = trained("loss_prediction")
+    _, _, pool = digits
+    keys = [f"u{i:03d}.png" for i in range(len(pool))]
+    for key, data in zip(keys, pool, strict=True):
+        (tmp_path / key).write_bytes(data)
+    whole = _aux(model, pool)
+    worker = ShardWorker(
+        StoreRecipe("local", local_root=tmp_path),
+        checkpoint_bytes(model),
+        batch_size=16,
+        read_concurrency=2,
+        torch_threads=1,
+    )
+    shards = plan_shards(keys, 25)
+    results = {}
+    for shard in shards:
+        res = worker.score(shard, mc_samples=1, seed=0, with_embeddings=False)
+        assert not isinstance(res, Exception) and hasattr(res, "aux")
+        results[shard.index] = res
+    merged, _ = merge(shards, results, samples=1, classes=10, feature_dim=None)
+    assert merged.aux is not None
+    np.testing.assert_allclose(merged.aux["loss_prediction"], whole, atol=1e-5)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from connector.devtools.datasets import LabeledImage
 from connector.learning.model import ModelSpec
@@ -74,6 +75,50 @@ def test_mc_samples_are_seeded_and_vary(
     assert a.outputs.probs_N_K_C.shape == (12, 6, 3)
     np.testing.assert_array_equal(a.outputs.probs_N_K_C, b.outputs.probs_N_K_C)
     assert a.outputs.probs_N_K_C.std(axis=1).max() > 0
+
+
+def test_mc_scoring_in_shards_equals_scoring_at_once(
+    model: TrainedModel, digits_dir: tuple[Path, list[LabeledImage]]
+) -> None:
+    # What sharded scoring (connector.scoring, Ray) relies on: an item's dropout masks
+    # follow its position in the pool, not the batch, the shard or the items before it.
+    root, items = digits_dir
+    pool = _items(root, items, 40)
+    pool[11] = ("unreadable.png", b"not an image")
+    whole = score_pool(model, pool, mc_samples=5, seed=7, batch_size=16, with_embeddings=True)
+    parts = [
+        score_pool(
+            model,
+            pool[a:b],
+            mc_samples=5,
+            seed=7,
+            batch_size=3,
+            first_position=a,
+            with_embeddings=True,
+        )
+        for a, b in ((0, 9), (9, 13), (13, 40))
+    ]
+    assert [i for p in parts for i in p.outputs.ids] == whole.outputs.ids
+    assert [f for p in parts for f in p.failures] == whole.failures
+    sharded = np.concatenate([p.outputs.probs_N_K_C for p in parts])
+    np.testing.assert_allclose(sharded, whole.outputs.probs_N_K_C, atol=1e-6)
+    assert whole.outputs.probs_N_K_C.std(axis=1).max() > 0
+    # A shard that did not say where it starts gets other masks: the position matters.
+    late = score_pool(model, pool[13:40], mc_samples=5, seed=7, batch_size=16)
+    assert not np.allclose(late.outputs.probs_N_K_C, parts[2].outputs.probs_N_K_C, atol=1e-4)
+
+
+def test_dropout_draws_depend_on_the_position_only() -> None:
+    from connector.learning.masks import BLOCK, DropoutMasks
+
+    positions = [BLOCK - 2, BLOCK - 1, BLOCK, BLOCK + 5, 3 * BLOCK + 1]  # across blocks
+    together = DropoutMasks(seed=1).uniform(0, positions, 4, 6)
+    alone = torch.cat([DropoutMasks(seed=1).uniform(0, [p], 4, 6) for p in positions])
+    assert torch.equal(together, alone)
+    assert not torch.equal(together, DropoutMasks(seed=2).uniform(0, positions, 4, 6))
+    assert not torch.equal(together, DropoutMasks(seed=1).uniform(1, positions, 4, 6))
+    with pytest.raises(ValueError, match=">= 0"):
+        DropoutMasks(seed=1).uniform(0, [-1], 4, 6)
 
 
 def test_empty_pool_and_progress(model: TrainedModel) -> None:

@@ -86,6 +86,8 @@ def test_token_from_file_and_missing_token(tmp_path: Path) -> None:
         ("[strategy\nname = 1\n", {}, r"not valid TOML"),
         ("", {"ALC_ROUNDS__MIN_LABELED_FRACTION": "2"}, r"rounds.min_labeled_fraction"),
         ("", {"ALC_NOSUCH__KEY": "1"}, r"nosuch: unknown setting"),
+        ("[scoring]\nengine = 'spark'\n", {}, r"scoring.engine: Input should be 'local' or 'ray'"),
+        ("[scoring]\nray_address = ' '\n", {}, r"ray_address is empty; set \"local\""),
     ],
 )
 def test_bad_settings_name_the_fix(

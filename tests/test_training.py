@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from connector.contracts.errors import ConfigError
+from connector.contracts.errors import CheckpointError, ConfigError
 from connector.devtools.datasets import DIGIT_CLASSES, LabeledImage
-from connector.learning.checkpoints import load_checkpoint, save_checkpoint
+from connector.learning.checkpoints import (
+    checkpoint_bytes,
+    load_checkpoint,
+    load_checkpoint_bytes,
+    save_checkpoint,
+)
 from connector.learning.model import ModelSpec
 from connector.learning.training import (
     TrainConfig,
@@ -97,6 +103,18 @@ def test_checkpoint_round_trip_is_safe_and_atomic(trained: TrainedModel, tmp_pat
     x = torch.randint(0, 255, (4, 1, 16, 16), dtype=torch.uint8)
     np.testing.assert_array_equal(loaded.predict_tensor(x), trained.predict_tensor(x))
     assert loaded.spec == trained.spec and loaded.classes == trained.classes
+
+
+def test_checkpoint_bytes_round_trip_and_truncation(trained: TrainedModel) -> None:
+    # How a model travels to the Ray workers: the checkpoint format, loaded safely.
+    data = checkpoint_bytes(trained)
+    assert set(torch.load(io.BytesIO(data), weights_only=True)) == {"meta", "tensors"}
+    loaded = load_checkpoint_bytes(data)
+    x = torch.randint(0, 255, (4, 1, 16, 16), dtype=torch.uint8)
+    np.testing.assert_array_equal(loaded.predict_tensor(x), trained.predict_tensor(x))
+    assert loaded.spec == trained.spec and loaded.classes == trained.classes
+    with pytest.raises(CheckpointError, match="the model sent to this worker"):
+        load_checkpoint_bytes(data[: len(data) // 2])
 
 
 def test_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ def check(config_path: Path | None) -> None:
     if labeling is not None:
         click.echo(f"     classes: {', '.join(classes_for(settings, labeling))}")
     report("state dir", lambda: _check_state_dir(settings))
+    report("scoring engine", lambda: _check_scoring(settings))
     if store is None or labeling is None or problems:
         sys.exit(1)
 
@@ -150,6 +151,23 @@ def _describe_plan(settings: Settings) -> str:
 def _describe_store(store: Any) -> str:
     info = store.check()
     return f"{store.describe()} {info}"
+
+
+def _check_scoring(settings: Settings) -> str:
+    """Where SCORE runs; with Ray, that it is installed and its cluster answers."""
+    if settings.scoring.engine == "local":
+        return "local: the daemon scores the pool in its own process"
+    from connector.app import store_recipe
+    from connector.scoring import import_ray_engine
+
+    s = settings
+    scorer = import_ray_engine().RayScorer(
+        s.scoring,
+        store_recipe(s),
+        batch_size=s.strategy.score_batch_size,
+        read_concurrency=s.storage.read_concurrency,
+    )
+    return str(scorer.check())
 
 
 def _check_state_dir(settings: Settings) -> str:

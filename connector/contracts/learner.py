@@ -1,13 +1,15 @@
-"""The learner the round logic sees: fit, evaluate, score, save, load.
+"""The learner the round logic sees: fit, evaluate, score, save, load; and the pool scorer.
 
 The round engine depends on the ``Learner`` protocol only, so unit tests can drive rounds with a
-fast learner; ``TorchLearner`` is the real one over ``training`` and ``scoring``.
+fast learner; ``TorchLearner`` is the real one over ``training`` and ``scoring``. The SCORE
+phase reads the candidates through a ``PoolScorer``: in the daemon's process by default,
+or on a Ray cluster (``connector.scoring``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,10 +23,12 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Scored:
-    """Pool scoring output: ``outputs`` (with ids) and the unreadable items."""
+    """Pool scoring output: ``outputs`` (with ids) and the unreadable items; ``info`` says
+    how the scoring went (engine, shards, retries), for the round's diagnostics."""
 
     outputs: PoolOutputs
     failures: list[tuple[str, str]]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class UnlabeledPool(Protocol):
@@ -117,4 +121,31 @@ class CoupledLearner(Learner, Protocol):
     ) -> Any:
         """``Learner.fit``, also training ``trains`` (one of ``coupled_training``);
         VAAL and WAAL draw their unlabeled images from ``unlabeled``."""
+        ...
+
+
+class PoolScorer(Protocol):
+    """Scores a round's candidates, given by key, with the round's model."""
+
+    def score_keys(
+        self,
+        model: Any,
+        keys: Sequence[str],
+        *,
+        with_embeddings: bool,
+        mc_samples: int = 1,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> Scored:
+        """``Learner.score`` over the objects ``keys`` of the pool: rows in the order of
+        ``keys``, unreadable objects in ``failures``; an error of the whole store (an
+        outage, rejected credentials) is raised, never turned into failures."""
+        ...
+
+    def describe(self) -> str:
+        """Where the scoring runs, for ``check`` and logs (no secrets)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the scorer holds (a cluster connection); idempotent."""
         ...

@@ -9,10 +9,15 @@ training run that dies leaves the previous file, or none, never half of one. A f
 is partial anyway (copied while written, a full disk under a non-atomic copy) fails
 torch's zip checks and raises ``CheckpointError``: it is never loaded, and the SCORE
 phase sends its round back to TRAIN (``rounds.phases.score``).
+
+The same format, as bytes (``checkpoint_bytes``, ``load_checkpoint_bytes``), carries a
+model to the processes of a Ray cluster (``connector.scoring``): they load it with the
+same safe loader, never by unpickling a model object.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -44,6 +49,19 @@ def save_checkpoint(
     written beside it as ``<path>.json`` for people and tools.
     """
     path = Path(path)
+    meta_text, payload = _payload(trained, extra)
+    atomic_write(path, lambda p: torch.save(payload, p))
+    atomic_write_text(Path(f"{path}.json"), meta_text + "\n")
+
+
+def checkpoint_bytes(trained: TrainedModel, extra: dict[str, Any] | None = None) -> bytes:
+    """``trained`` in the checkpoint format, in memory (for ``load_checkpoint_bytes``)."""
+    buffer = io.BytesIO()
+    torch.save(_payload(trained, extra)[1], buffer)
+    return buffer.getvalue()
+
+
+def _payload(trained: TrainedModel, extra: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     meta = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -70,29 +88,27 @@ def save_checkpoint(
     if trained.coupled is not None:
         for name, value in trained.coupled.state_dict().items():
             tensors[f"coupled.{name}"] = value.detach().clone()
-    payload = {"meta": meta_text, "tensors": tensors}
-    atomic_write(path, lambda p: torch.save(payload, p))
-    atomic_write_text(Path(f"{path}.json"), meta_text + "\n")
+    return meta_text, {"meta": meta_text, "tensors": tensors}
 
 
-def _load_payload(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+def _load_payload(
+    source: Path | io.BytesIO, name: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(source, map_location="cpu", weights_only=True)
         meta = json.loads(payload["meta"])
         tensors = payload["tensors"]
     except Exception as exc:
         # Truncated or partial: torch's zip reader checks the archive's directory and
         # every record's CRC, so no prefix of a checkpoint loads.
         raise CheckpointError(
-            f"{path} is not a readable al-connector checkpoint ({type(exc).__name__}: "
+            f"{name} is not a readable al-connector checkpoint ({type(exc).__name__}: "
             f"{exc}); the round that wrote it trains again (`al-connector run`), or delete "
             "the file"
         ) from None
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(
-            f"{path} has format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"{name} has format {meta.get('format')!r} version {meta.get('version')!r}; "
             f"this connector reads {CHECKPOINT_FORMAT!r} version {CHECKPOINT_VERSION}"
         )
     return meta, tensors
@@ -103,7 +119,18 @@ def load_checkpoint(path: Path | str) -> TrainedModel:
 
     The model is rebuilt without fetching pretrained weights: the file holds them all.
     """
-    meta, tensors = _load_payload(Path(path))
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return _rebuild(*_load_payload(path, str(path)))
+
+
+def load_checkpoint_bytes(data: bytes, name: str = "the model sent to this worker") -> TrainedModel:
+    """A model from ``checkpoint_bytes`` (no pickled code is run); ``name`` is for errors."""
+    return _rebuild(*_load_payload(io.BytesIO(data), name))
+
+
+def _rebuild(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> TrainedModel:
     spec = ModelSpec(**meta["spec"])
     shell = replace(spec, weights=None, freeze_backbone=False)
     classes = tuple(meta["classes"])
@@ -140,6 +167,8 @@ def load_checkpoint(path: Path | str) -> TrainedModel:
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "checkpoint_bytes",
     "load_checkpoint",
+    "load_checkpoint_bytes",
     "save_checkpoint",
 ]

@@ -107,19 +107,34 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def samples_dropout(self, k: int) -> bool:
+        """Whether ``k`` head samples draw dropout masks (else they are all the same)."""
+        return k > 1 and self.dropout.p > 0.0
+
     def head_samples(
-        self, emb_B_D: torch.Tensor, k: int, generator: torch.Generator | None
+        self,
+        emb_B_D: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None,
+        uniform_B_K_D: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, K, C]`` of ``k`` dropout masks on the head over fixed embeddings.
 
-        ``k = 1`` is the deterministic prediction (dropout off). The masks are drawn from
-        ``generator`` so that scoring is reproducible without touching global state.
+        ``k = 1`` is the deterministic prediction (dropout off). A unit is dropped where
+        its uniform draw is below the dropout rate: the draws are ``uniform_B_K_D`` when
+        given (pool scoring's, by item position: ``masks.DropoutMasks``), else drawn from
+        ``generator``; either way scoring is reproducible without touching global state.
         """
-        if k == 1 or self.dropout.p == 0.0:
+        if not self.samples_dropout(k):
             return self.fc(emb_B_D).unsqueeze(1).expand(-1, k, -1)
         p = self.dropout.p
         b, d = emb_B_D.shape
-        keep = torch.rand((b, k, d), generator=generator) >= p
+        if uniform_B_K_D is None:
+            uniform_B_K_D = torch.rand((b, k, d), generator=generator)
+        elif uniform_B_K_D.shape != (b, k, d):
+            got = tuple(uniform_B_K_D.shape)
+            raise ValueError(f"uniform_B_K_D has shape {got}, not {(b, k, d)}")
+        keep = uniform_B_K_D >= p
         dropped = emb_B_D.unsqueeze(1) * keep.to(emb_B_D.dtype) * (1.0 / (1.0 - p))
         out: torch.Tensor = self.fc(dropped)
         return out

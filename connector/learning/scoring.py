@@ -10,6 +10,10 @@ and decoding hide behind compute, and memory holds a few batches plus the result
 Items that cannot be used (a read error, zero bytes, truncated or corrupt data, not an
 image) are skipped and reported in ``ScoreResult.failures`` with their keys; they never
 stop the round.
+
+MC-dropout masks are a function of the seed and of each item's position in the pool
+(``masks.DropoutMasks``), not of the batches: a pool scored in shards, each told where it
+starts (``first_position``), gets the masks it gets when scored at once.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 from connector.contracts.ports import ObjectStore
 from connector.learning.images import BadImage, Decoder, decode_image
+from connector.learning.masks import DropoutMasks
 from connector.learning.trained import TrainedModel
 from connector.learning.training import ProgressFn
 from connector.rounds.selection import sample_candidates
@@ -56,6 +61,8 @@ class ScoreResult:
 @dataclass
 class _Batch:
     keys: list[str]
+    #: each item's position in the input (unreadable items count), for its dropout masks
+    positions: list[int]
     x: torch.Tensor
 
 
@@ -73,9 +80,11 @@ class _Producer(threading.Thread):
         batch_size: int,
         prefetch: int,
         decode: Decoder,
+        first_position: int = 0,
     ) -> None:
         super().__init__(name="pool-decoder", daemon=True)
         self.items = items
+        self.first_position = first_position
         self.decode = decode
         self.channels, self.size, self.batch_size = channels, size, batch_size
         self.queue: queue.Queue[object] = queue.Queue(maxsize=max(1, prefetch))
@@ -94,9 +103,10 @@ class _Producer(threading.Thread):
 
     def run(self) -> None:
         keys: list[str] = []
+        positions: list[int] = []
         tensors: list[torch.Tensor] = []
         try:
-            for key, data in self.items:
+            for pos, (key, data) in enumerate(self.items, start=self.first_position):
                 if self.stop.is_set():
                     return
                 if isinstance(data, BaseException):
@@ -108,11 +118,12 @@ class _Producer(threading.Thread):
                     self.failures.append((key, str(exc)))
                     continue
                 keys.append(key)
+                positions.append(pos)
                 if len(keys) == self.batch_size:
-                    if not self._put(_Batch(keys, torch.stack(tensors))):
+                    if not self._put(_Batch(keys, positions, torch.stack(tensors))):
                         return
-                    keys, tensors = [], []
-            if keys and not self._put(_Batch(keys, torch.stack(tensors))):
+                    keys, positions, tensors = [], [], []
+            if keys and not self._put(_Batch(keys, positions, torch.stack(tensors))):
                 return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self.error = exc
@@ -132,6 +143,7 @@ def score_pool(
     seed: int = 0,
     prefetch: int = 3,
     decode: Decoder = decode_image,
+    first_position: int = 0,
 ) -> ScoreResult:
     """Score pool items into ``PoolOutputs`` (``probs_N_K_C``, ``emb_N_D``, ``ids``, and
     the ``aux`` array of the model's coupled module when it has one).
@@ -146,15 +158,23 @@ def score_pool(
         seed: seed of the dropout masks (scores are reproducible).
         prefetch: decoded batches kept ready ahead of the model.
         decode: the image decoder (``images.decode_image``, or a ``DecodeMemo``).
+        first_position: the position of the first item in the whole pool, when
+            ``items`` is a shard of it: an item's dropout masks follow its position.
 
     The result rows follow the input order with failed items left out.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t_start = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
+    masks = DropoutMasks(seed, cache_blocks=2 * len(trained.members))
     producer = _Producer(
-        items, trained.data_channels, trained.spec.image_size, batch_size, prefetch, decode
+        items,
+        trained.data_channels,
+        trained.spec.image_size,
+        batch_size,
+        prefetch,
+        decode,
+        first_position,
     )
     producer.start()
     ids: list[str] = []
@@ -171,7 +191,9 @@ def score_pool(
             if obj is _DONE:
                 break
             assert isinstance(obj, _Batch)
-            p, e, a = trained.infer_aux(obj.x, mc_samples, gen, with_embeddings)
+            p, e, a = trained.infer_aux(
+                obj.x, mc_samples, None, with_embeddings, masks=masks, positions=obj.positions
+            )
             compute += time.perf_counter() - t1
             probs.append(p)
             auxes.append(a)

@@ -20,6 +20,7 @@ from connector.contracts.errors import BadItem
 from connector.learning.backbones import SMALL_CNN
 from connector.learning.coupled.base import CoupledModule
 from connector.learning.images import ImageSource, decode_many, to_float
+from connector.learning.masks import DropoutMasks
 from connector.learning.model import Classifier, ModelSpec, build_model
 
 #: Normalisation of torchvision's ImageNet weights (RGB, 0..1 scale).
@@ -109,14 +110,21 @@ class TrainedModel:
         mc_samples: int = 1,
         generator: torch.Generator | None = None,
         with_embeddings: bool = False,
+        *,
+        masks: DropoutMasks | None = None,
+        positions: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One batch of decoded ``uint8`` images -> (``probs_B_K_C`` float32, ``emb_B_D``).
 
         Each member's backbone runs once; its head is sampled ``mc_samples`` times
-        (dropout masks from ``generator``; ``mc_samples = 1`` is the deterministic
-        prediction). Embeddings are the first member's.
+        (``mc_samples = 1`` is the deterministic prediction). The dropout masks come from
+        ``masks`` by the items' ``positions`` in the pool when given (pool scoring: the
+        same masks however the pool is split), else from ``generator``. Embeddings are
+        the first member's.
         """
-        probs, emb, _ = self.infer_aux(x_B_C_H_W, mc_samples, generator, with_embeddings)
+        probs, emb, _ = self.infer_aux(
+            x_B_C_H_W, mc_samples, generator, with_embeddings, masks=masks, positions=positions
+        )
         return probs, emb
 
     def infer_aux(
@@ -125,9 +133,14 @@ class TrainedModel:
         mc_samples: int = 1,
         generator: torch.Generator | None = None,
         with_embeddings: bool = False,
+        *,
+        masks: DropoutMasks | None = None,
+        positions: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         """``infer`` plus the coupled module's per-item values (``{name: float32 [B]}``,
         empty without one), from the first member's pass over the batch."""
+        if masks is not None and (positions is None or len(positions) != len(x_B_C_H_W)):
+            raise ValueError("masks need one position per image of the batch")
         if mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         x = to_float(x_B_C_H_W, self.mean, self.std)
@@ -144,7 +157,15 @@ class TrainedModel:
                     feats = member.features(x)
                 if i == 0 and with_embeddings:
                     emb = feats
-                probs.append(torch.softmax(member.head_samples(feats, mc_samples, generator), -1))
+                draws = None
+                if (
+                    masks is not None
+                    and positions is not None
+                    and member.samples_dropout(mc_samples)
+                ):
+                    draws = masks.uniform(i, positions, mc_samples, member.feature_dim)
+                logits = member.head_samples(feats, mc_samples, generator, draws)
+                probs.append(torch.softmax(logits, -1))
         probs_B_K_C = torch.cat(probs, dim=1).numpy().astype(np.float32, copy=False)
         emb_np = None if emb is None else emb.numpy().astype(np.float32, copy=False)
         return probs_B_K_C, emb_np, aux

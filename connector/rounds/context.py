@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from connector.contracts.learner import Learner
+from connector.contracts.learner import Learner, PoolScorer
 from connector.contracts.ports import LabelingBackend, ObjectStore
 from connector.rounds.plan import Overrides, RoundPlan, check_learner, resolve_plan
 from connector.rounds.selection import readable_prefix
+from connector.scoring import LocalScorer
 from connector.settings import Settings
 from connector.state import Round, StateDB
 from connector.storage.cache import LabeledCache
@@ -165,12 +166,18 @@ class RoundContext:
         learner: Learner,
         classes: Sequence[str],
         progress: Callable[[str, int, int], None] | None = None,
+        scorer: PoolScorer | None = None,
     ) -> None:
         self.settings = settings
         self.cfg = EngineConfig.from_settings(settings)
         self.ports = ports
         self.state = ports.state
         self.learner = learner
+        #: Reads and scores the candidates at SCORE: in this process unless the app
+        #: gives another engine (``connector.scoring``, ``scoring.engine``).
+        self.scorer: PoolScorer = scorer or LocalScorer(
+            learner, ports.store, self.cfg.read_concurrency
+        )
         self.classes = list(classes)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.progress = progress

@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 from connector.contracts.errors import AuthError, ConfigError, ServiceUnavailable
-from connector.contracts.learner import Learner
+from connector.contracts.learner import Learner, PoolScorer
 from connector.rounds import commands, phases, report, stopping
 from connector.rounds.context import (
     LS_WATERMARK,
@@ -68,9 +68,10 @@ class RoundEngine:
         classes: Sequence[str],
         *,
         progress: Callable[[str, int, int], None] | None = None,
+        scorer: PoolScorer | None = None,
     ) -> None:
         self.settings = settings
-        self.ctx = RoundContext(settings, ports, learner, classes, progress)
+        self.ctx = RoundContext(settings, ports, learner, classes, progress, scorer)
         self.cfg = self.ctx.cfg
         self.ports = ports
         self.state = ports.state

@@ -32,7 +32,6 @@ from connector.rounds.selection import Pick, picks, sample_candidates
 from connector.rounds.unlabeled import MAX_KEYS as MAX_UNLABELED_KEYS
 from connector.rounds.unlabeled import StorePool
 from connector.state import Phase, Round, SelectedItem
-from connector.storage.window import raise_store_errors
 from strategies import ItemScorer, PoolOutputs, Selection, item_scores, trains
 
 log = logging.getLogger(__name__)
@@ -140,17 +139,19 @@ def score(ctx: RoundContext, rnd: Round) -> None:
         model = ctx.learner.init_model(ctx.classes, seed=ctx.cfg.seed)
     if model is not None:
         t0 = time.perf_counter()
-        scored = ctx.learner.score(
+        # In this process, or shards on a Ray cluster that read the bucket themselves
+        # (``connector.scoring``); the same outputs either way.
+        scored = ctx.scorer.score_keys(
             model,
-            raise_store_errors(
-                ctx.ports.store.read_many(ids, max_workers=ctx.cfg.read_concurrency)
-            ),
+            ids,
             with_embeddings=strategy.needs_embeddings,
             mc_samples=plan.mc_samples if trained else 1,
             seed=ctx.cfg.seed * 100_003 + rnd.round,
             progress=ctx.progress,
         )
         pool.diagnostics["score_seconds"] = round(time.perf_counter() - t0, 2)
+        if scored.info:
+            pool.diagnostics["scoring"] = scored.info
         if scored.failures:
             n_bad = ctx.state.mark_corrupt(scored.failures)
             pool.diagnostics["unreadable"] = [{"item": i, "reason": r} for i, r in scored.failures]

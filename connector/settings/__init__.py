@@ -1,9 +1,10 @@
 """Typed settings: one TOML file, CLI overrides and the environment, validated at start-up.
 
 Three modules, each owning one thing: ``models`` the section models and ``Settings`` (pure
-pydantic, reads nothing), ``loader`` ``load_settings`` (the only module that reads the
-environment: the sources, their layering and the "did you mean" checks), and ``reference``
-the names outside the code (``ALC_*`` variables, the docs/settings.md reference).
+pydantic, reads nothing; ``[scoring]``'s model is in ``scoring``), ``loader``
+``load_settings`` (the only module that reads the environment: the sources, their
+layering and the "did you mean" checks), and ``reference`` the names outside the code
+(``ALC_*`` variables, the docs/settings.md reference).
 Import from here; the names below are the package's public ones.
 """
 
@@ -30,6 +31,7 @@ from connector.settings.reference import (
     env_variable_names,
     settings_reference,
 )
+from connector.settings.scoring import ScoringSettings
 
 __all__ = [
     "CONFIG_ENV",
@@ -41,6 +43,7 @@ __all__ = [
     "ModelSettings",
     "PollingSettings",
     "RoundSettings",
+    "ScoringSettings",
     "ServerSettings",
     "Settings",
     "StateSettings",

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from connector.contracts.errors import ConfigError
+from connector.settings.scoring import ScoringSettings
 
 
 class _Section(BaseModel):
@@ -349,6 +350,7 @@ class Settings(BaseModel):
     labels: LabelsSettings = Field(default_factory=LabelsSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     strategy: StrategySettings = Field(default_factory=StrategySettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     rounds: RoundSettings = Field(default_factory=RoundSettings)
     stopping: StoppingSettings = Field(default_factory=StoppingSettings)
