@@ -45,7 +45,7 @@ MIN_PER_PHASE = 3
 MIN_KILLS = 30
 MAX_PER_PHASE = 7
 #: The killing stops here even if a quota is short (the test then fails, naming it).
-KILL_BUDGET_S = 420.0
+KILL_BUDGET_S = 600.0
 POOL_SIZE = 120
 
 SETTINGS = """
