@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: ``progress(task, done, total)``: called as work advances (training steps, images).
 ProgressFn = Callable[[str, int, int], None]
 
+#: ``extra(model, batch_size, mean, std, generator) -> loss``: a term added to every
+#: step's supervised loss, drawing its randomness from the step's generator (the
+#: semi-supervised term of ``connector.learning.semi``).
+ExtraLoss = Callable[[Classifier, int, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -181,6 +186,7 @@ def _fit_member(
     progress: ProgressFn | None,
     label: str,
     steps: int | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """One model on ``x``, early-stopped on ``x_val`` when it is not empty; ``steps``
     replaces the planned step count."""
@@ -219,6 +225,8 @@ def _fit_member(
             loss = F.cross_entropy(
                 model(xb), y[idx], weight=weights, label_smoothing=cfg.label_smoothing
             )
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, len(idx), mean, std, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at step {step}; lower lr "
@@ -266,6 +274,7 @@ def fit_tensors(
     progress: ProgressFn | None = None,
     *,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainedModel:
     """Train on decoded ``uint8`` images ``[N, C, H, W]`` (of ``spec.image_size``).
 
@@ -300,11 +309,12 @@ def fit_tensors(
             _, trial = _fit_member(
                 x_N_C_H_W[tr], y_N[tr], x_N_C_H_W[ho], y_N[ho], c, spec, cfg, seed,
                 mean, std, data_channels, progress, f"{label} (choosing steps)",
+                extra_loss=extra_loss,
             )  # fmt: skip
             steps = refit_steps(trial, len(tr), n, cfg)
         model, info = _fit_member(
             x_N_C_H_W, y_N, x_val, y_val, c, spec, cfg, seed,
-            mean, std, data_channels, progress, label, steps,
+            mean, std, data_channels, progress, label, steps, extra_loss,
         )  # fmt: skip
         if trial is not None:
             info["holdout_trial"] = trial
@@ -358,6 +368,7 @@ def train_classifier(
     val_images: Sequence[ImageSource] | None = None,
     val_labels: Sequence[int] | None = None,
     decode: Decoder | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainedModel:
     """Train a classifier on encoded images (bytes or paths) and labels indexing ``classes``.
 
@@ -376,12 +387,13 @@ def train_classifier(
     if val_images is not None and val_labels is not None and len(val_images):
         xv, okv, _ = decode_many(val_images, int(x.shape[1]), spec.image_size, decode)
         val = (xv, torch.as_tensor([val_labels[i] for i in okv], dtype=torch.int64))
-    trained = fit_tensors(x, y, classes, spec, cfg, progress, val=val)
+    trained = fit_tensors(x, y, classes, spec, cfg, progress, val=val, extra_loss=extra_loss)
     trained.history["skipped"] = [i for i, _ in bad]
     return trained
 
 
 __all__ = [
+    "ExtraLoss",
     "ProgressFn",
     "TrainConfig",
     "TrainedModel",
