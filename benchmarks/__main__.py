@@ -13,7 +13,15 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ("strategies", "batchbald", "scoring", "round", "simulation", "labelstudio")
+BENCHMARKS = (
+    "strategies",
+    "batchbald",
+    "scoring",
+    "round",
+    "simulation",
+    "labelstudio",
+    "label_efficiency",
+)
 
 
 def main() -> None:
