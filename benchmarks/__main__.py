@@ -21,6 +21,7 @@ BENCHMARKS = (
     "round",
     "simulation",
     "labelstudio",
+    "label_efficiency",
 )
 
 

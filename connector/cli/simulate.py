@@ -8,6 +8,7 @@ accuracy curves with their spread over seeds) into ``--out``, and prints a table
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +158,21 @@ def summary_table(result: dict[str, Any]) -> Table:
     help="Score a random subset of this many unlabeled items per round.",
 )
 @click.option(
+    "--semi-supervised",
+    "semi_modes",
+    default="none",
+    show_default=True,
+    help="Training on the unlabeled pool: none, fixmatch, or both (none,fixmatch) to run "
+    "each strategy in each mode (named strategy+fixmatch) and compare them, --recommend "
+    "included.",
+)
+@click.option(
+    "--semi-threshold",
+    type=float,
+    default=None,
+    help="FixMatch: confidence a pseudo-label needs (default: model.semi_threshold's).",
+)
+@click.option(
     "--no-full-data", is_flag=True, help="Skip the all-labels model (no labels-to-90/95% figures)."
 )
 @click.option(
@@ -193,6 +209,8 @@ def simulate_cmd(
     lr: float | None,
     mc_samples: int | None,
     max_candidates: int | None,
+    semi_modes: str,
+    semi_threshold: float | None,
     no_full_data: bool,
     workers: int,
     out_dir: Path,
@@ -207,8 +225,10 @@ def simulate_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from connector.learning.model import ModelSpec
+    from connector.learning.semi import SemiConfig
     from connector.learning.training import TrainConfig
     from connector.simulation import SimulationConfig, count_work, load_dataset, run_simulation
+    from connector.simulation.modes import merge_modes
     from connector.simulation.recommend import CANDIDATES, recommend, recommendation_markdown
 
     names = _csv_list(strategies or ("" if recommend_ else "random,entropy,margin"))
@@ -239,15 +259,20 @@ def simulate_cmd(
             full_data=not no_full_data,
             workers=workers,
         )
+        semi_extra = {} if semi_threshold is None else {"threshold": semi_threshold}
+        modes = _csv_list(semi_modes) or ("none",)
+        configs = {m: replace(cfg, semi=SemiConfig(mode=m, **semi_extra)) for m in modes}  # type: ignore[arg-type]
         data = load_dataset(dataset)
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     console = Console(stderr=True)
     n_pool = round(len(data.paths) * (1 - test_fraction))
     trains, rounds = count_work(cfg, n_pool)
+    rounds *= len(configs)
     console.print(
         f"{len(data.paths)} images, {len(data.classes)} classes; {len(cfg.strategies)} "
-        f"strategies x {len(cfg.seeds)} seeds, {cfg.initial} -> {cfg.budget} labels by {cfg.batch}"
+        f"strategies x {len(cfg.seeds)} seeds x training {', '.join(modes)}, "
+        f"{cfg.initial} -> {cfg.budget} labels by {cfg.batch}"
     )
     columns = (
         TextColumn("{task.description}"),
@@ -257,7 +282,12 @@ def simulate_cmd(
     )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("simulating", total=trains + rounds)
-        result = run_simulation(data, cfg, progress=lambda _event: bar.advance(task))
+        results = {}
+        for i, (mode, mode_cfg) in enumerate(configs.items()):
+            # the all-labels model is supervised in every mode: trained once, in the first
+            run_cfg = mode_cfg if i == 0 else replace(mode_cfg, full_data=False)
+            results[mode] = run_simulation(data, run_cfg, progress=lambda _e: bar.advance(task))
+        result = results[modes[0]] if len(results) == 1 else merge_modes(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     if recommend_:
         result["recommendation"] = recommend(result)

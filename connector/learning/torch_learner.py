@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,11 @@ from connector.learning.coupled.vaal import STEPS as VAAL_STEPS
 from connector.learning.images import Decoder, decode_image
 from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_pool
+from connector.learning.semi import FixMatch, SemiConfig, check_unlabeled, draw_unlabeled
 from connector.learning.training import TrainConfig, TrainedModel, evaluate, train_classifier
 from connector.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,10 +36,18 @@ class TorchLearner:
     vaal_steps: int = VAAL_STEPS
     #: What it trains for training-coupled strategies (``contracts.learner.CoupledLearner``).
     coupled_training = COUPLED
+    #: Training on the unlabeled pool too (``connector.learning.semi``); off by default.
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchLearner:
         m = settings.model
+        semi = SemiConfig(
+            mode=m.semi_supervised,
+            threshold=m.semi_threshold,
+            ratio=m.semi_ratio,
+            max_unlabeled=m.semi_max_unlabeled,
+        )
         spec = ModelSpec(
             arch=m.arch,
             weights=m.weights,
@@ -52,7 +64,7 @@ class TorchLearner:
             overrides["batch_size"] = m.batch_size
         if m.learning_rate is not None:
             overrides["lr"] = m.learning_rate
-        return cls(spec, TrainConfig(**overrides), settings.strategy.score_batch_size)
+        return cls(spec, TrainConfig(**overrides), settings.strategy.score_batch_size, semi=semi)
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> TrainedModel:
         return TrainedModel.untrained(self.spec, list(classes), seed=seed)
@@ -72,7 +84,25 @@ class TorchLearner:
         coupling = None
         if trains is not None:
             coupling = Coupling(trains, unlabeled, self.decode, seed, self.vaal_steps)
-        return train_classifier(
+        check_unlabeled(self.semi, unlabeled)
+        term: FixMatch | None = None
+        if self.semi.enabled and unlabeled is not None:
+            x_unl = draw_unlabeled(
+                self.semi, unlabeled, list(images), self.spec, seed=seed, decode=self.decode
+            )
+            if len(x_unl):
+                term = FixMatch(x_unl, self.semi, hflip=cfg.hflip)
+                floor = self.semi.min_steps
+                cfg = replace(
+                    cfg, min_steps=max(cfg.min_steps, floor), max_steps=max(cfg.max_steps, floor)
+                )
+            else:  # a transient store outage, or a pool of corrupt images: keep training
+                log.warning(
+                    "semi-supervised training: none of the %d sampled pool images could be "
+                    "read or decoded; this run trains on the labels only",
+                    min(self.semi.max_unlabeled, len(unlabeled)),
+                )
+        trained = train_classifier(
             list(images),
             list(labels),
             list(classes),
@@ -81,7 +111,11 @@ class TorchLearner:
             progress=progress,
             decode=self.decode,
             coupling=coupling,
+            extra_loss=term,
         )
+        if term is not None:
+            trained.history["semi"] = term.stats()
+        return trained
 
     def evaluate(
         self, model: TrainedModel, images: Sequence[ImageRef], labels: Sequence[int]

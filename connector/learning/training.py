@@ -27,14 +27,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from connector.contracts.errors import BadItem, ConfigError
+from connector.contracts.errors import BadItem
 from connector.learning.coupled import Coupling, StepHook
 from connector.learning.evaluation import evaluate, evaluate_predictions
 from connector.learning.images import (
@@ -47,6 +47,14 @@ from connector.learning.images import (
     to_float,
 )
 from connector.learning.model import Classifier, ModelSpec, build_model
+from connector.learning.schedule import (
+    TrainConfig,
+    batch_indices,
+    class_weights,
+    plan_schedule,
+    refit_steps,
+    stratified_holdout,
+)
 from connector.learning.trained import TrainedModel, normalisation
 
 log = logging.getLogger(__name__)
@@ -54,108 +62,10 @@ log = logging.getLogger(__name__)
 #: ``progress(task, done, total)``: called as work advances (training steps, images).
 ProgressFn = Callable[[str, int, int], None]
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. ``None`` sizes adapt to the labeled set (see ``plan_schedule``).
-
-    Attributes:
-        epochs: passes over the training part; ``None`` = at least ``min_steps``
-            optimiser steps and about 20 epochs on large sets, capped at ``max_steps``.
-        batch_size: ``None`` = 16 below 64 labels, 32 below 256, 64 below 2,048, else 128.
-        lr: peak learning rate of the one-cycle schedule (the head's, with pretrained
-            weights the backbone gets ``lr * backbone_lr_scale``).
-        holdout_fraction: part of the labeled set held out to choose the number of steps
-            (early stopping in a trial run, then a retrain on every label), used only when
-            it holds at least ``min_holdout`` items and the plan has more than
-            ``min_steps`` steps to cut (never with ``epochs`` or a given validation set).
-        patience: evaluations on the holdout without improvement before stopping (the
-            holdout is evaluated about 15 times per run).
-        class_weighting: ``"balanced"`` weights the loss by inverse class frequency.
-    """
-
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    seed: int = 0
-    patience: int = 5
-    holdout_fraction: float = 0.1
-    min_holdout: int = 30
-    class_weighting: Literal["balanced", "none"] = "balanced"
-    augment: bool = True
-    hflip: bool = False
-    label_smoothing: float = 0.0
-    min_steps: int = 150
-    max_steps: int = 600
-    backbone_lr_scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.class_weighting not in ("balanced", "none"):
-            raise ConfigError(
-                f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}"
-            )
-        if not 0.0 <= self.holdout_fraction < 0.5:
-            raise ConfigError(f"holdout_fraction must be in [0, 0.5), got {self.holdout_fraction}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1 or unset, got {value}")
-
-
-def plan_schedule(n_train: int, cfg: TrainConfig) -> tuple[int, int]:
-    """(batch size, optimiser steps) for ``n_train`` training items."""
-    if cfg.batch_size is not None:
-        bs = cfg.batch_size
-    else:
-        bs = 16 if n_train < 64 else 32 if n_train < 256 else 64 if n_train < 2048 else 128
-    bs = max(1, min(bs, n_train))
-    if cfg.epochs is not None:
-        steps = math.ceil(cfg.epochs * n_train / bs)
-    else:
-        steps = min(cfg.max_steps, max(cfg.min_steps, math.ceil(20 * n_train / bs)))
-    return bs, max(1, steps)
-
-
-def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights ``[C]`` (mean 1 over present classes; 0 when absent)."""
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float32)
-    present = counts > 0
-    w = torch.zeros(num_classes)
-    w[present] = counts[present].sum() / (present.sum() * counts[present])
-    return w
-
-
-def stratified_holdout(
-    y: np.ndarray, fraction: float, min_holdout: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, holdout indices); holdout empty when it would be < ``min_holdout``.
-
-    Every class keeps at least two training items: classes with fewer than 3 labels give
-    nothing to the holdout.
-    """
-    n = len(y)
-    if fraction <= 0 or round(n * fraction) < min_holdout:
-        return np.arange(n), np.empty(0, dtype=np.int64)
-    hold: list[np.ndarray] = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        take = min(round(len(idx) * fraction), len(idx) - 2)
-        if take > 0:
-            hold.append(rng.choice(idx, size=take, replace=False))
-    holdout = np.sort(np.concatenate(hold)) if hold else np.empty(0, dtype=np.int64)
-    train = np.setdiff1d(np.arange(n), holdout)
-    return train, holdout.astype(np.int64)
-
-
-def _batches(n: int, bs: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Index batches of consecutive random permutations (every item once per epoch)."""
-    need = bs * steps
-    perms = [torch.randperm(n, generator=gen) for _ in range(math.ceil(need / n))]
-    flat = torch.cat(perms)[:need]
-    return list(flat.view(steps, bs))
+#: ``extra(model, batch_size, mean, std, generator) -> loss``: a term added to every
+#: step's supervised loss, drawing its randomness from the step's generator (the
+#: semi-supervised term of ``connector.learning.semi``).
+ExtraLoss = Callable[[Classifier, int, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def _eval_logits(
@@ -183,6 +93,7 @@ def _fit_member(
     label: str,
     steps: int | None = None,
     hook: StepHook | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """One model on ``x``, early-stopped on ``x_val`` when it is not empty; ``steps``
     replaces the planned step count; ``hook`` (a training-coupled method) runs each
@@ -212,7 +123,7 @@ def _fit_member(
         best: tuple[float, float] = (-1.0, math.inf)
         best_state: dict[str, torch.Tensor] | None = None
         best_step, stale, done = 0, 0, 0
-        for step, idx in enumerate(_batches(len(x), bs, steps, gen), start=1):
+        for step, idx in enumerate(batch_indices(len(x), bs, steps, gen), start=1):
             model.train()
             if spec.freeze_backbone:
                 model.backbone.eval()  # keep pretrained batch-norm statistics
@@ -223,6 +134,8 @@ def _fit_member(
             loss = extra + F.cross_entropy(
                 logits, y[idx], weight=weights, label_smoothing=cfg.label_smoothing
             )
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, len(idx), mean, std, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at step {step}; lower lr "
@@ -273,6 +186,7 @@ def fit_tensors(
     *,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     coupling: Coupling | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainedModel:
     """Train on decoded ``uint8`` images ``[N, C, H, W]`` (of ``spec.image_size``).
 
@@ -313,12 +227,13 @@ def fit_tensors(
             _, trial = _fit_member(
                 x_N_C_H_W[tr], y_N[tr], x_N_C_H_W[ho], y_N[ho], c, spec, cfg, seed,
                 mean, std, data_channels, progress, f"{label} (choosing steps)",
+                extra_loss=extra_loss,
             )  # fmt: skip
             steps = refit_steps(trial, len(tr), n, cfg)
         model, info = _fit_member(
             x_N_C_H_W, y_N, x_val, y_val, c, spec, cfg, seed,
             mean, std, data_channels, progress, label, steps,
-            session.hook if session and m == 0 else None,
+            session.hook if session and m == 0 else None, extra_loss,
         )  # fmt: skip
         if trial is not None:
             info["holdout_trial"] = trial
@@ -344,15 +259,6 @@ def fit_tensors(
     )
 
 
-def refit_steps(trial: dict[str, Any], n_trial: int, n_all: int, cfg: TrainConfig) -> int:
-    """Steps on ``n_all`` labels for as many epochs as the trial's best step on ``n_trial``,
-    within [``min_steps``, the plan for ``n_all``]: a noisy holdout may shorten the plan,
-    never below the floor that small sets get."""
-    bs, planned = plan_schedule(n_all, cfg)
-    epochs = trial["best_step"] * trial["batch_size"] / n_trial
-    return int(min(planned, max(cfg.min_steps, math.ceil(epochs * n_all / bs))))
-
-
 def decode_labeled(
     images: Sequence[ImageSource],
     spec: ModelSpec,
@@ -376,6 +282,7 @@ def train_classifier(
     val_labels: Sequence[int] | None = None,
     decode: Decoder | None = None,
     coupling: Coupling | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainedModel:
     """Train a classifier on encoded images (bytes or paths) and labels indexing ``classes``.
 
@@ -394,12 +301,15 @@ def train_classifier(
     if val_images is not None and val_labels is not None and len(val_images):
         xv, okv, _ = decode_many(val_images, int(x.shape[1]), spec.image_size, decode)
         val = (xv, torch.as_tensor([val_labels[i] for i in okv], dtype=torch.int64))
-    trained = fit_tensors(x, y, classes, spec, cfg, progress, val=val, coupling=coupling)
+    trained = fit_tensors(
+        x, y, classes, spec, cfg, progress, val=val, coupling=coupling, extra_loss=extra_loss
+    )
     trained.history["skipped"] = [i for i, _ in bad]
     return trained
 
 
 __all__ = [
+    "ExtraLoss",
     "ProgressFn",
     "TrainConfig",
     "TrainedModel",

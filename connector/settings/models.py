@@ -184,6 +184,25 @@ class ModelSettings(_Section):
     batch_size: int | None = Field(None, ge=1, description="Training batch; unset = adaptive.")
     learning_rate: float | None = Field(None, gt=0, description="Unset = the trainer's default.")
     seed: int = Field(0, description="Seed of training and selection.")
+    semi_supervised: Literal["none", "fixmatch"] = Field(
+        "none",
+        description="Train on the unlabeled pool too: fixmatch = FixMatch consistency "
+        "(weak/strong views, confidence-thresholded pseudo-labels), pool images read from "
+        "the store each round, never cached; see docs/model.md.",
+    )
+    semi_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="FixMatch: confidence a pseudo-label needs."
+    )
+    semi_ratio: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="FixMatch: unlabeled images per labeled image in a training step "
+        "(a step costs about 1 + 1.3 x this).",
+    )
+    semi_max_unlabeled: int = Field(
+        2000, ge=1, le=100_000, description="FixMatch: pool images read per training run."
+    )
 
 
 class StrategySettings(_Section):

@@ -8,6 +8,7 @@ from typing import Any
 
 from connector.contracts.errors import ConfigError
 from connector.learning.model import ModelSpec
+from connector.learning.semi import SemiConfig
 from connector.learning.training import TrainConfig
 from connector.rounds.plan import check_cold_start, check_coupled, check_strategy, mc_samples_for
 
@@ -47,6 +48,8 @@ class SimulationConfig:
     test_fraction: float = 0.2
     spec: ModelSpec = field(default_factory=ModelSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: Training on the unlabeled pool (``--semi-supervised``); off by default.
+    semi: SemiConfig = field(default_factory=SemiConfig)
     mc_samples: int | None = None
     max_candidates: int | None = None
     full_data: bool = True

@@ -9,6 +9,11 @@ did not pay off reliably on this data, and saying so saves the team a false prom
 Evidence per strategy: AUBC mean and spread over seeds, the per-seed AUBC difference to
 random, the seeds it lost on, and the labels it needed to reach random's final accuracy
 (the saving, when fewer than random's budget).
+
+Training modes are candidates too: a simulation over several modes
+(``simulate --semi-supervised none,fixmatch``, ``simulation.modes``) names its runs
+``<strategy>+<mode>``, judged against supervised random like any strategy; the chosen
+mode comes back in ``training_mode`` and in the settings lines.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from connector.simulation.metrics import labels_to_reach
+from connector.simulation.modes import split_candidate
 
 #: The strategies ``simulate --recommend`` compares by default: random (the baseline),
 #: the per-item uncertainty scores, BADGE, and coreset. All cost one deterministic pass
@@ -82,14 +88,18 @@ def recommend(result: dict[str, Any]) -> dict[str, Any]:
             f"every strategy lost to random on at least one of {n_seeds} seed(s): active "
             "learning did not pay off reliably on this data"
         )
-    name, _, params = choice.partition(":")
+    strategy, mode = split_candidate(choice)
+    name, _, params = strategy.partition(":")
     settings = f'[strategy]\nname = "{name}"'
     if params:
         kv = (p.partition("=") for p in params.split(":"))
         settings += "\nparams = { " + ", ".join(f'{k} = "{v}"' for k, _, v in kv) + " }"
+    if mode != "supervised":
+        settings += f'\n\n[model]\nsemi_supervised = "{mode}"'
     return {
-        "strategy": choice,
-        "training_mode": "supervised",
+        "strategy": strategy,
+        "candidate": choice,
+        "training_mode": mode,
         "reason": reason,
         "settings": settings,
         "random_budget": budget,

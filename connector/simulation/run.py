@@ -32,6 +32,7 @@ from connector.contracts.learner import ImageRef, Learner, Progress, UnlabeledPo
 from connector.contracts.ports import ObjectStore
 from connector.learning.images import DecodeMemo
 from connector.learning.model import ModelSpec
+from connector.learning.semi import SemiConfig
 from connector.learning.torch_learner import TorchLearner
 from connector.learning.trained import TrainedModel
 from connector.learning.training import TrainConfig
@@ -81,8 +82,10 @@ class _SimulationLearner(TorchLearner):
     learner, which never sees the same labeled set twice.
     """
 
-    def __init__(self, spec: ModelSpec, train: TrainConfig, initial: int) -> None:
-        super().__init__(spec, train, decode=DecodeMemo())
+    def __init__(
+        self, spec: ModelSpec, train: TrainConfig, initial: int, semi: SemiConfig | None = None
+    ) -> None:
+        super().__init__(spec, train, decode=DecodeMemo(), semi=semi or SemiConfig())
         self._initial = initial
         self._fits: dict[tuple[Any, ...], TrainedModel] = {}
 
@@ -111,6 +114,10 @@ class _SimulationLearner(TorchLearner):
             )  # fmt: skip
         return self._fits[key]
 
+    def supervised(self) -> TorchLearner:
+        """The same learner without the unlabeled pool (sharing the decoded images)."""
+        return TorchLearner(self.spec, self.train_config, self.batch_size, self.decode)
+
 
 @dataclass
 class _Job:
@@ -123,7 +130,8 @@ class _Job:
 
     def learner(self) -> _SimulationLearner:
         if self._learner is None:
-            self._learner = _SimulationLearner(self.cfg.spec, self.cfg.train, self.cfg.initial)
+            cfg = self.cfg
+            self._learner = _SimulationLearner(cfg.spec, cfg.train, cfg.initial, cfg.semi)
         return self._learner
 
 
@@ -243,8 +251,12 @@ def _full_data(
     val = {k for k, _, _ in ctx.state.labeled_items("validation")}
     train = [(root / k, int(y)) for k, y in zip(keys, ds.labels, strict=True) if k not in val]
     t0 = time.perf_counter()
-    model = learner.fit(
-        [p for p, _ in train], [y for _, y in train], ds.classes, seed=seed * 1000 + 999
+    # Every item outside the validation split is labeled: nothing is left to learn from
+    # unlabeled, so this model is supervised whatever the runs' training mode.
+    model = (
+        job.learner()
+        .supervised()
+        .fit([p for p, _ in train], [y for _, y in train], ds.classes, seed=seed * 1000 + 999)
     )
     seconds = time.perf_counter() - t0
     val_set = ctx.labeled("validation")
