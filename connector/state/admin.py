@@ -110,14 +110,9 @@ class AdminQueries(Database):
     # ------------------------------------------------------------------ items
     def items_by_key(self, keys: Sequence[str]) -> dict[str, sqlite3.Row]:
         """The ``items`` rows of these keys (absent keys are not in the pool)."""
-        out: dict[str, sqlite3.Row] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.query(f"SELECT * FROM items WHERE item_id IN ({marks})", chunk):
-                out[row["item_id"]] = row
-        return out
+        sql = "SELECT * FROM items WHERE item_id IN ({marks})"
+        rows = self.query_items(sql, list(dict.fromkeys(keys)))
+        return {row["item_id"]: row for row in rows}
 
     def pin_items(self, command_id: int, keys: Sequence[str], result: str) -> int:
         """Pin items into the next batch, after those pinned before; an excluded item is

@@ -84,18 +84,20 @@ class Database:
     def schema_version(self) -> int:
         return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
 
+    def query_items(self, sql: str, item_ids: Sequence[str]) -> list[sqlite3.Row]:
+        """Rows of ``sql`` for these items, 500 ids per query (SQLite's variable limit):
+        ``sql`` names them as ``IN ({marks})``."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            rows += self.query(sql.format(marks=",".join("?" * len(chunk))), chunk)
+        return rows
+
     def column_by_item(self, column: str, item_ids: Sequence[str]) -> dict[str, str]:
         """``item_id -> column`` of these items (those that exist), 500 per query."""
         assert column in ("etag", "status"), column  # never user input in the SQL
-        out: dict[str, str] = {}
-        for start in range(0, len(item_ids), 500):
-            chunk = list(item_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for r in self.query(
-                f"SELECT item_id, {column} FROM items WHERE item_id IN ({marks})", chunk
-            ):
-                out[r["item_id"]] = r[column]
-        return out
+        sql = f"SELECT item_id, {column} FROM items WHERE item_id IN ({{marks}})"
+        return {r["item_id"]: r[column] for r in self.query_items(sql, item_ids)}
 
     # --------------------------------------------------------------------- meta
     def get_meta(self, key: str, default: str | None = None) -> str | None:

@@ -312,15 +312,8 @@ class ItemQueries(Database):
     # --------------------------------------------------------------- duplicates
     def content_hashes(self, item_ids: Sequence[str]) -> dict[str, str | None]:
         """``item_id -> content hash`` (None: not known yet) of these items."""
-        out: dict[str, str | None] = {}
-        for start in range(0, len(item_ids), 500):
-            chunk = list(item_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for r in self.query(
-                f"SELECT item_id, content_hash FROM items WHERE item_id IN ({marks})", chunk
-            ):
-                out[r["item_id"]] = r["content_hash"]
-        return out
+        sql = "SELECT item_id, content_hash FROM items WHERE item_id IN ({marks})"
+        return {r["item_id"]: r["content_hash"] for r in self.query_items(sql, item_ids)}
 
     def set_content_hashes(self, hashes: dict[str, str]) -> None:
         with self.tx() as c:

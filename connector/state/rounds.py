@@ -222,19 +222,13 @@ class RoundQueries(Database):
         """Of these items, those whose task the poll found (and maybe ingested an annotation
         of) before any push of it was recorded: an import that landed, then a crash before
         its chunk was recorded. PUSH records them; they are not re-queues."""
-        out: list[str] = []
-        for start in range(0, len(item_ids), 500):
-            chunk = list(item_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.query(
-                f"SELECT i.item_id FROM items i WHERE i.item_id IN ({marks}) "
-                "AND i.task_id IS NOT NULL AND i.status NOT IN ('discovered', 'missing') "
-                "AND NOT EXISTS (SELECT 1 FROM pushes p WHERE p.item_id = i.item_id "
-                "AND p.task_id = i.task_id)",
-                tuple(chunk),
-            )
-            out += [r["item_id"] for r in rows]
-        return out
+        sql = (
+            "SELECT i.item_id FROM items i WHERE i.item_id IN ({marks}) "
+            "AND i.task_id IS NOT NULL AND i.status NOT IN ('discovered', 'missing') "
+            "AND NOT EXISTS (SELECT 1 FROM pushes p WHERE p.item_id = i.item_id "
+            "AND p.task_id = i.task_id)"
+        )
+        return [r["item_id"] for r in self.query_items(sql, item_ids)]
 
     def record_push(self, number: int, pushed: dict[str, int], splits: dict[str, str]) -> None:
         """Commit one pushed chunk: the items become ``queued`` with their task ids."""
