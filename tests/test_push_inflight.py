@@ -24,20 +24,34 @@ class Killed(BaseException):
     Exception`` sees it), so the in-flight mark stays."""
 
 
-def _cut_off_first_import(labeling: FakeLabeling) -> list[tuple[list[TaskToPush], str]]:
-    """The first push call dies mid-request; its tasks are kept aside (the request still
-    running on the server) for the test to commit later."""
+def _break_push(
+    labeling: FakeLabeling, error: BaseException, *, call: int = 1, lands: bool = False
+) -> list[tuple[list[TaskToPush], str]]:
+    """Push call number ``call`` raises ``error``; its tasks are imported first when the
+    import ``lands``, else kept aside (returned: a request still running on the server,
+    for the test to commit later). Every other call goes through."""
     real = labeling.push
-    late: list[tuple[list[TaskToPush], str]] = []
+    kept: list[tuple[list[TaskToPush], str]] = []
+    calls = 0
 
     def push(tasks: Any, version: str) -> dict[str, int]:
-        if not late:
-            late.append((list(tasks), version))
-            raise Killed("the client died inside the import request")
-        return real(tasks, version)
+        nonlocal calls
+        calls += 1
+        if calls != call:
+            return real(tasks, version)
+        if lands:
+            real(tasks, version)
+        else:
+            kept.append((list(tasks), version))
+        raise error
 
     labeling.push = push  # type: ignore[method-assign]
-    return late
+    return kept
+
+
+def _cut_off_first_import(labeling: FakeLabeling) -> list[tuple[list[TaskToPush], str]]:
+    """The first push call dies mid-request, before its import commits."""
+    return _break_push(labeling, Killed("the client died inside the import request"))
 
 
 def _time_passes(engine: Any) -> None:
@@ -91,25 +105,12 @@ def test_after_the_window_the_items_are_imported_again(tmp_path: Path, digit_obj
     assert len(labeling.tasks) == engine.state.batch_progress(0)[1]
 
 
-def _fails_once(labeling: FakeLabeling) -> None:
-    real = labeling.push
-    failed: list[bool] = []
-
-    def push(tasks: Any, version: str) -> dict[str, int]:
-        if not failed:
-            failed.append(True)
-            raise ConnectionError("Label Studio went away")
-        return real(tasks, version)
-
-    labeling.push = push  # type: ignore[method-assign]
-
-
 def test_a_push_that_failed_while_the_process_lived_does_not_wait(
     tmp_path: Path, digit_objects: Any
 ) -> None:
     objects, _ = digit_objects
     engine, labeling, _ = build(tmp_path, objects, label_studio={"import_chunk_size": 5})
-    _fails_once(labeling)
+    _break_push(labeling, ConnectionError("Label Studio went away"))
     rnd = engine.step()  # a failure the process lived through: the adapter reconciled
     assert rnd is not None and rnd.phase is Phase.PUSH and rnd.attempts == 1
     rnd = engine.step()
@@ -124,18 +125,8 @@ def test_a_landed_import_annotated_before_it_was_recorded_is_recorded_not_refuse
     tasks, and the restarted daemon's poll ingested those labels before PUSH resumed."""
     objects, truth = digit_objects
     engine, labeling, _ = build(tmp_path, objects, label_studio={"import_chunk_size": 5})
-    real = labeling.push
-    calls = 0
-
-    def push(tasks: Any, version: str) -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        out = real(tasks, version)
-        if calls == 2:
-            raise Killed("killed after the import landed, before it was recorded")
-        return out
-
-    labeling.push = push  # type: ignore[method-assign]
+    killed = Killed("killed after the import landed, before it was recorded")
+    _break_push(labeling, killed, call=2, lands=True)
     with pytest.raises(Killed):
         engine.step()
     landed = [i for i, t in labeling.tasks.items() if engine.state.item(i).task_id is None]  # type: ignore[union-attr]
