@@ -24,7 +24,7 @@ from connector.learning.coupled.loss_prediction import LossPredictionModule, Los
 from connector.learning.coupled.vaal import STEPS as VAAL_STEPS
 from connector.learning.coupled.vaal import VAALModule, VAALSession
 from connector.learning.coupled.waal import WAALModule, WAALSession
-from connector.learning.images import BadImage, Decoder, decode_image
+from connector.learning.images import Decoder, decode_image, decode_many
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,9 @@ class Coupling:
             return empty
         n = min(UNLABELED_SAMPLE, UNLABELED_BYTES // (channels * size * size))
         rng = np.random.default_rng([self.seed, 0xC0DE])
-        tensors = []
-        for data in self.unlabeled.sample(n, rng):
-            try:
-                tensors.append(self.decode(data, channels, size))
-            except BadImage:
-                continue  # SCORE quarantines it when it reads the same item
-        return torch.stack(tensors) if tensors else empty
+        # An undecodable image is left out: SCORE quarantines it when it reads the item.
+        x, _, _ = decode_many(self.unlabeled.sample(n, rng), channels, size, self.decode)
+        return x
 
     def start(
         self,
