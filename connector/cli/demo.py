@@ -4,6 +4,8 @@ imported by production modules)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,4 +48,10 @@ def demo_cmd(**options: Any) -> None:
         run_demo(**options)
     except KeyboardInterrupt:  # before the rounds: the servers started so far are stopped
         click.echo("\nstopped by Ctrl-C", err=True)
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        # Not sys.exit(130): when the interrupt landed inside code run by exec() (the
+        # generated __init__ of a dataclass being imported, say), CPython 3.11 remembers it
+        # as unhandled and, after sys.exit, kills the process with SIGINT instead of 130.
+        os._exit(130)
