@@ -40,6 +40,7 @@ import numpy as np
 
 from connector.devtools.datasets import write_digits
 from connector.learning.model import ModelSpec
+from connector.learning.selfsup import PretrainConfig
 from connector.learning.semi import SemiConfig
 from connector.simulation import SimulationConfig, load_dataset, run_simulation
 from connector.simulation.metrics import labels_to_reach
@@ -47,7 +48,21 @@ from connector.simulation.metrics import labels_to_reach
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "label_efficiency.json"
 BASE_STRATEGIES = ("random", "margin", "badge")
-MODES = ("none", "fixmatch")
+#: Training modes: ``ssl`` = SimCLR pre-training on the pool (``simclr_gray``: the
+#: datasets are grayscale) and a TypiClust cold start on its embeddings; ``+`` combines.
+MODES = ("none", "fixmatch", "ssl", "ssl+fixmatch")
+
+
+def _mode_config(mode: str) -> dict[str, Any]:
+    """``SimulationConfig`` fields of a training mode (``MODES``)."""
+    parts = set(mode.split("+"))
+    unknown = parts - {"none", "fixmatch", "ssl"}
+    if unknown:
+        raise SystemExit(f"unknown mode part(s) {sorted(unknown)}; modes: {', '.join(MODES)}")
+    out: dict[str, Any] = {"semi": SemiConfig(mode="fixmatch" if "fixmatch" in parts else "none")}
+    if "ssl" in parts:
+        out |= {"pretraining": PretrainConfig(pretext="simclr_gray"), "cold_start": "typiclust"}
+    return out
 
 
 def write_mnist5k(out_dir: Path) -> None:
@@ -99,6 +114,8 @@ def _table(runs: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
     supervised random final accuracy."""
     target = {r["seed"]: r["final_accuracy"] for r in runs if r["key"] == ("random", "none")}
     keys = sorted({r["key"] for r in runs}, key=lambda k: (MODES.index(k[1]), k[0]))
+    if not target:
+        raise SystemExit("the table needs supervised random runs: include random and mode none")
     rows = []
     for strategy, mode in keys:
         rs = [r for r in runs if r["key"] == (strategy, mode)]
@@ -156,7 +173,7 @@ def run_dataset(name: str, args: argparse.Namespace, strategies: tuple[str, ...]
                 spec=conf["spec"],
                 full_data=False,
                 workers=args.workers,
-                semi=SemiConfig(mode=mode),
+                **_mode_config(mode),
             )
             load = os.getloadavg()
             t0 = time.perf_counter()
@@ -205,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         "--strategies", default="", help="extra strategies, comma-separated (e.g. vaal,waal)"
     )
     parser.add_argument("--datasets", default="digits,mnist5k", help="digits, mnist5k")
-    parser.add_argument("--modes", default=",".join(MODES), help="none, fixmatch")
+    parser.add_argument(
+        "--modes", default="none,fixmatch", help=f"comma-separated, of {', '.join(MODES)}"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budget", type=int, default=None, help="labels at the end (default 200)")
     parser.add_argument("--workers", type=int, default=2)

@@ -173,6 +173,20 @@ def summary_table(result: dict[str, Any]) -> Table:
     help="FixMatch: confidence a pseudo-label needs (default: model.semi_threshold's).",
 )
 @click.option(
+    "--pretrain",
+    type=click.Choice(["none", "simclr", "simclr_gray"]),
+    default="none",
+    show_default=True,
+    help="Self-supervised pre-training of the backbone on the unlabeled pool, as "
+    "model.pretrain does in the daemon (simclr_gray for grayscale images).",
+)
+@click.option(
+    "--pretrain-every-rounds",
+    type=int,
+    default=None,
+    help="Pre-train again after this many rounds (default: model.pretrain_every_rounds's).",
+)
+@click.option(
     "--no-full-data", is_flag=True, help="Skip the all-labels model (no labels-to-90/95% figures)."
 )
 @click.option(
@@ -211,6 +225,8 @@ def simulate_cmd(
     max_candidates: int | None,
     semi_modes: str,
     semi_threshold: float | None,
+    pretrain: str,
+    pretrain_every_rounds: int | None,
     no_full_data: bool,
     workers: int,
     out_dir: Path,
@@ -225,6 +241,7 @@ def simulate_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from connector.learning.model import ModelSpec
+    from connector.learning.selfsup import PretrainConfig
     from connector.learning.semi import SemiConfig
     from connector.learning.training import TrainConfig
     from connector.simulation import SimulationConfig, count_work, load_dataset, run_simulation
@@ -258,6 +275,12 @@ def simulate_cmd(
             max_candidates=max_candidates,
             full_data=not no_full_data,
             workers=workers,
+            pretraining=PretrainConfig(
+                pretext=pretrain,  # type: ignore[arg-type]  # click.Choice checked it
+                **(
+                    {} if pretrain_every_rounds is None else {"every_rounds": pretrain_every_rounds}
+                ),
+            ),
         )
         semi_extra = {} if semi_threshold is None else {"threshold": semi_threshold}
         modes = _csv_list(semi_modes) or ("none",)

@@ -124,6 +124,28 @@ class CoupledLearner(Learner, Protocol):
         ...
 
 
+class PretrainingLearner(Learner, Protocol):
+    """A learner that pre-trains its backbone on the unlabeled pool (self-supervised:
+    ``learning.selfsup``). The round engine asks ``pretrain_due`` at TRAIN, and at a cold
+    start whose strategy reads embeddings; ``fit`` and ``init_model`` use the encoder."""
+
+    def pretrain_due(self, round: int) -> bool:
+        """Whether round ``round`` should pre-train (no encoder yet, or a refresh)."""
+        ...
+
+    def pretrain(
+        self,
+        pool: UnlabeledPool,
+        *,
+        round: int,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Pre-train on images drawn from ``pool`` and keep the encoder (durably, before
+        returning); returns what it did, for the round's metrics."""
+        ...
+
+
 class PoolScorer(Protocol):
     """Scores a round's candidates, given by key, with the round's model."""
 

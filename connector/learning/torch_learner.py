@@ -10,13 +10,22 @@ from typing import Any
 
 import numpy as np
 
+from connector.contracts.errors import ConfigError
 from connector.contracts.learner import ImageRef, Progress, Scored, UnlabeledPool
 from connector.learning.checkpoints import load_checkpoint, save_checkpoint
 from connector.learning.coupled import COUPLED, Coupling
 from connector.learning.coupled.vaal import STEPS as VAAL_STEPS
-from connector.learning.images import Decoder, decode_image
+from connector.learning.images import Decoder, decode_image, decode_many, infer_channels
 from connector.learning.model import ModelSpec
 from connector.learning.scoring import score_pool
+from connector.learning.selfsup import (
+    Encoder,
+    PretrainConfig,
+    check_pretext,
+    load_encoder,
+    pretrain_encoder,
+    save_encoder,
+)
 from connector.learning.semi import FixMatch, SemiConfig, check_unlabeled, draw_unlabeled
 from connector.learning.training import TrainConfig, TrainedModel, evaluate, train_classifier
 from connector.settings import Settings
@@ -38,6 +47,11 @@ class TorchLearner:
     coupled_training = COUPLED
     #: Training on the unlabeled pool too (``connector.learning.semi``); off by default.
     semi: SemiConfig = field(default_factory=SemiConfig)
+    #: Self-supervised pre-training on the pool (``connector.learning.selfsup``); off by
+    #: default. The encoder lives at ``encoder_path`` (under ``state.dir``).
+    pretraining: PretrainConfig = field(default_factory=PretrainConfig)
+    encoder_path: Path | None = None
+    _encoder: tuple[Path, int, Encoder] | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TorchLearner:
@@ -64,10 +78,84 @@ class TorchLearner:
             overrides["batch_size"] = m.batch_size
         if m.learning_rate is not None:
             overrides["lr"] = m.learning_rate
-        return cls(spec, TrainConfig(**overrides), settings.strategy.score_batch_size, semi=semi)
+        pretraining = PretrainConfig(
+            pretext=m.pretrain,
+            every_rounds=m.pretrain_every_rounds,
+            steps=m.pretrain_steps,
+            max_unlabeled=m.pretrain_max_unlabeled,
+        )
+        return cls(
+            spec,
+            TrainConfig(**overrides),
+            settings.strategy.score_batch_size,
+            semi=semi,
+            pretraining=pretraining,
+            encoder_path=settings.encoder_path(),
+        )
 
     def init_model(self, classes: Sequence[str], *, seed: int) -> TrainedModel:
-        return TrainedModel.untrained(self.spec, list(classes), seed=seed)
+        encoder = self.encoder()
+        if encoder is None:
+            return TrainedModel.untrained(self.spec, list(classes), seed=seed)
+        return TrainedModel.untrained(
+            self.spec, list(classes), seed=seed, channels=encoder.data_channels, encoder=encoder
+        )
+
+    def encoder(self) -> Encoder | None:
+        """The self-supervised encoder to start from, if pre-training is on and one that
+        fits the model is at ``encoder_path`` (re-read when the file changes)."""
+        path = self.encoder_path
+        if not self.pretraining.enabled or path is None or not path.exists():
+            return None
+        stamp = path.stat().st_mtime_ns
+        if self._encoder is None or self._encoder[:2] != (path, stamp):
+            self._encoder = (path, stamp, load_encoder(path))
+        encoder = self._encoder[2]
+        return encoder if encoder.fits(self.spec) else None
+
+    def pretrain_due(self, round: int) -> bool:
+        """No encoder yet (or one for another model), or ``every_rounds`` rounds since."""
+        if not self.pretraining.enabled or self.encoder_path is None:
+            return False
+        encoder = self.encoder()
+        if encoder is None:
+            return True
+        last = int(encoder.info.get("round", -1))
+        every = self.pretraining.every_rounds
+        return every > 0 and round - last >= every
+
+    def pretrain(
+        self,
+        pool: UnlabeledPool,
+        *,
+        round: int,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Pre-train the encoder on ``max_unlabeled`` pool images (continuing the last
+        one), save it atomically at ``encoder_path``; what it did."""
+        cfg, path = self.pretraining, self.encoder_path
+        if path is None:
+            raise ValueError("pretrain needs encoder_path")
+        if len(pool) == 0:
+            raise ConfigError(
+                f"model.pretrain = {cfg.pretext!r} pre-trains on unlabeled images, and the "
+                "pool has none (every item is labeled, queued or in the validation split, "
+                "or the bucket holds no image yet); add images, or set model.pretrain = 'none'"
+            )
+        raw = pool.sample(cfg.max_unlabeled, np.random.default_rng([seed, 0x551F]))
+        channels = self.spec.channels or infer_channels(raw[:64])
+        check_pretext(cfg.pretext, channels)
+        x, _ok, bad = decode_many(raw, channels, self.spec.image_size, self.decode)
+        if bad:
+            log.info("pre-training: %d of %d pool images not decodable", len(bad), len(raw))
+        encoder = pretrain_encoder(
+            x, self.spec, cfg, seed=seed, hflip=self.train_config.hflip,
+            init=self.encoder(), progress=progress,
+        )  # fmt: skip
+        encoder.info["round"] = round
+        save_encoder(encoder, path)
+        return dict(encoder.info)
 
     def fit(
         self,
@@ -112,6 +200,7 @@ class TorchLearner:
             decode=self.decode,
             coupling=coupling,
             extra_loss=term,
+            encoder=self.encoder(),
         )
         if term is not None:
             trained.history["semi"] = term.stats()

@@ -22,6 +22,7 @@ from connector.learning.coupled.base import CoupledModule
 from connector.learning.images import ImageSource, decode_many, to_float
 from connector.learning.masks import DropoutMasks
 from connector.learning.model import Classifier, ModelSpec, build_model
+from connector.learning.selfsup import Encoder
 
 #: Normalisation of torchvision's ImageNet weights (RGB, 0..1 scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,12 +72,19 @@ class TrainedModel:
 
     @classmethod
     def untrained(
-        cls, spec: ModelSpec, classes: Sequence[str], *, seed: int = 0, channels: int | None = None
+        cls,
+        spec: ModelSpec,
+        classes: Sequence[str],
+        *,
+        seed: int = 0,
+        channels: int | None = None,
+        encoder: Encoder | None = None,
     ) -> TrainedModel:
-        """A model before any label: random head, pretrained backbone if ``spec.weights``.
+        """A model before any label: random head, pretrained backbone if ``spec.weights``,
+        or the self-supervised ``encoder``'s backbone and input normalisation.
 
         For cold starts, where a diversity strategy needs embeddings before the first
-        training. Without pretrained weights its embeddings are random projections.
+        training. Without either its embeddings are random projections.
         """
         channels = spec.channels or channels or 3
         with torch.random.fork_rng(devices=[]):
@@ -84,7 +92,12 @@ class TrainedModel:
             model = build_model(spec, len(classes), channels).eval()
         c = spec.input_channels(channels)
         mean, std = normalisation(spec, torch.full((c,), 0.5), torch.full((c,), 0.25))
-        return cls(spec, tuple(classes), [model], mean, std, channels, {}, {"untrained": True})
+        history: dict[str, Any] = {"untrained": True}
+        if encoder is not None:
+            model.backbone.load_state_dict(encoder.backbone_for(spec))
+            mean, std = normalisation(spec, encoder.mean, encoder.std)
+            history["encoder"] = encoder.info
+        return cls(spec, tuple(classes), [model], mean, std, channels, {}, history)
 
     @property
     def num_classes(self) -> int:

@@ -55,9 +55,14 @@ from connector.learning.schedule import (
     refit_steps,
     stratified_holdout,
 )
+from connector.learning.selfsup import Encoder
 from connector.learning.trained import TrainedModel, normalisation
 
 log = logging.getLogger(__name__)
+
+#: Backbone learning rate over the head's when a self-supervised encoder initialises it:
+#: fine-tuning at the full rate was as good as 0.1 on the digits (docs/model.md).
+ENCODER_LR_SCALE = 1.0
 
 #: ``progress(task, done, total)``: called as work advances (training steps, images).
 ProgressFn = Callable[[str, int, int], None]
@@ -94,20 +99,25 @@ def _fit_member(
     steps: int | None = None,
     hook: StepHook | None = None,
     extra_loss: ExtraLoss | None = None,
+    encoder: Encoder | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """One model on ``x``, early-stopped on ``x_val`` when it is not empty; ``steps``
     replaces the planned step count; ``hook`` (a training-coupled method) runs each
-    batch's forward pass and adds its loss."""
+    batch's forward pass and adds its loss; ``encoder`` initialises the backbone."""
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(spec, num_classes, data_channels)
+        if encoder is not None:
+            model.backbone.load_state_dict(encoder.backbone_for(spec))
         gen = torch.Generator().manual_seed(seed)
         bs, planned = plan_schedule(len(x), cfg)
         steps = steps or planned
         head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         body = [p for p in model.backbone.parameters() if p.requires_grad]
         body_lr = cfg.lr * (cfg.backbone_lr_scale if spec.pretrained else 1.0)
+        if encoder is not None:
+            body_lr = cfg.lr * ENCODER_LR_SCALE
         groups: list[dict[str, Any]] = [{"params": head, "lr": cfg.lr}]
         max_lr = [cfg.lr]
         if body:
@@ -187,8 +197,12 @@ def fit_tensors(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     coupling: Coupling | None = None,
     extra_loss: ExtraLoss | None = None,
+    encoder: Encoder | None = None,
 ) -> TrainedModel:
     """Train on decoded ``uint8`` images ``[N, C, H, W]`` (of ``spec.image_size``).
+
+    ``encoder`` (self-supervised, ``learning.selfsup``) initialises every member's
+    backbone, and its input normalisation is kept.
 
     ``coupling``: the networks of a training-coupled strategy, trained with (or after) the
     first member's kept fit, not its holdout trial (``learning.coupled``).
@@ -215,6 +229,8 @@ def fit_tensors(
         rng = np.random.default_rng(cfg.seed)
         tr, ho = stratified_holdout(y_N.numpy(), cfg.holdout_fraction, cfg.min_holdout, rng)
     mean, std = normalisation(spec, *channel_stats(x_N_C_H_W))
+    if encoder is not None:
+        mean, std = normalisation(spec, encoder.mean, encoder.std)
     session = (
         coupling.start(x_N_C_H_W, mean, std, cfg.augment, cfg.hflip, progress) if coupling else None
     )
@@ -227,13 +243,13 @@ def fit_tensors(
             _, trial = _fit_member(
                 x_N_C_H_W[tr], y_N[tr], x_N_C_H_W[ho], y_N[ho], c, spec, cfg, seed,
                 mean, std, data_channels, progress, f"{label} (choosing steps)",
-                extra_loss=extra_loss,
+                extra_loss=extra_loss, encoder=encoder,
             )  # fmt: skip
             steps = refit_steps(trial, len(tr), n, cfg)
         model, info = _fit_member(
             x_N_C_H_W, y_N, x_val, y_val, c, spec, cfg, seed,
             mean, std, data_channels, progress, label, steps,
-            session.hook if session and m == 0 else None, extra_loss,
+            session.hook if session and m == 0 else None, extra_loss, encoder,
         )  # fmt: skip
         if trial is not None:
             info["holdout_trial"] = trial
@@ -254,7 +270,8 @@ def fit_tensors(
         data_channels=data_channels,
         config=asdict(cfg),
         history={"members": history, "n_train": n, "n_holdout": len(ho)}
-        | ({"coupled": session.info()} if session else {}),
+        | ({"coupled": session.info()} if session else {})
+        | ({"encoder": encoder.info} if encoder else {}),
         coupled=coupled,
     )
 
@@ -283,6 +300,7 @@ def train_classifier(
     decode: Decoder | None = None,
     coupling: Coupling | None = None,
     extra_loss: ExtraLoss | None = None,
+    encoder: Encoder | None = None,
 ) -> TrainedModel:
     """Train a classifier on encoded images (bytes or paths) and labels indexing ``classes``.
 
@@ -291,7 +309,8 @@ def train_classifier(
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels; pass one label each")
-    x, ok, bad = decode_labeled(images, spec, decode=decode)
+    channels = encoder.data_channels if encoder is not None else None
+    x, ok, bad = decode_labeled(images, spec, channels, decode=decode)
     for i, reason in bad:
         log.warning("labeled image %d left out of training: %s", i, reason)
     if not ok:
@@ -302,8 +321,9 @@ def train_classifier(
         xv, okv, _ = decode_many(val_images, int(x.shape[1]), spec.image_size, decode)
         val = (xv, torch.as_tensor([val_labels[i] for i in okv], dtype=torch.int64))
     trained = fit_tensors(
-        x, y, classes, spec, cfg, progress, val=val, coupling=coupling, extra_loss=extra_loss
-    )
+        x, y, classes, spec, cfg, progress,
+        val=val, coupling=coupling, extra_loss=extra_loss, encoder=encoder,
+    )  # fmt: skip
     trained.history["skipped"] = [i for i, _ in bad]
     return trained
 

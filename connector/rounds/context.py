@@ -156,6 +156,8 @@ class ScoredPool:
     #: The model's outputs on a sample of the labeled items (the report compares their
     #: scores with the candidates'), or None.
     labeled: Any = None
+    #: Round 0's validation split, drawn at SCORE (before any pre-training reads the pool).
+    validation: list[str] | None = None
 
 
 class RoundContext:

@@ -23,7 +23,7 @@ from typing import cast
 import numpy as np
 
 from connector.contracts.errors import CheckpointError
-from connector.contracts.learner import CoupledLearner
+from connector.contracts.learner import CoupledLearner, PretrainingLearner
 from connector.contracts.ports import TaskToPush
 from connector.rounds import dedupe, inflight, insight, report
 from connector.rounds.context import NEXT_ROUND_ONLY, RoundContext, ScoredPool
@@ -55,12 +55,8 @@ def train(ctx: RoundContext, rnd: Round) -> None:
         log.warning("round %d: fewer than 2 classes labeled; no model yet", rnd.round)
         ctx.state.set_phase(rnd.round, Phase.SCORE, metrics={"trained": False})
         return
-    rng = ctx.rng(rnd, "unlabeled")
-    pool = StorePool(
-        ctx.ports.store,
-        lambda: sample_candidates(ctx.state.iter_candidate_ids(), MAX_UNLABELED_KEYS, rng),
-        read_concurrency=ctx.cfg.read_concurrency,
-    )
+    pool = _unlabeled(ctx, rnd)
+    pretrained = _pretrain(ctx, rnd, pool)
     # A training-coupled strategy (loss prediction, VAAL, WAAL) has its networks trained
     # with the model; the plan has checked that the learner can (``plan.check_learner``).
     need = trains(ctx.resolve(rnd).build())
@@ -108,7 +104,34 @@ def train(ctx: RoundContext, rnd: Round) -> None:
         "train_seconds": round(train_s, 2),
         "validation": evaluation,
     }
+    if pretrained is not None:
+        metrics["pretrain"] = pretrained
     ctx.state.set_phase(rnd.round, Phase.SCORE, metrics=metrics, model_version=version)
+
+
+def _unlabeled(ctx: RoundContext, rnd: Round, exclude: frozenset[str] = frozenset()) -> StorePool:
+    """The candidates (less ``exclude``) as an ``UnlabeledPool`` read from the store."""
+    rng = ctx.rng(rnd, "unlabeled")
+
+    def keys() -> list[str]:  # listed on first use only: a supervised learner never asks
+        ids = (i for i in ctx.state.iter_candidate_ids() if i not in exclude)
+        return sample_candidates(ids, MAX_UNLABELED_KEYS, rng)
+
+    return StorePool(ctx.ports.store, keys, read_concurrency=ctx.cfg.read_concurrency)
+
+
+def _pretrain(ctx: RoundContext, rnd: Round, pool: StorePool) -> dict[str, object] | None:
+    """Self-supervised pre-training of the learner's encoder on ``pool`` when the learner
+    does it and it is due this round (``learning.selfsup``); what it did, or None."""
+    due = getattr(ctx.learner, "pretrain_due", None)
+    if due is None or not due(rnd.round):
+        return None
+    learner = cast(PretrainingLearner, ctx.learner)
+    info = learner.pretrain(
+        pool, round=rnd.round, seed=ctx.cfg.seed + rnd.round, progress=ctx.progress
+    )
+    log.info("round %d: encoder pre-trained (%s)", rnd.round, info)
+    return info
 
 
 def score(ctx: RoundContext, rnd: Round) -> None:
@@ -122,6 +145,12 @@ def score(ctx: RoundContext, rnd: Round) -> None:
     ids = pinned + [c for c in candidates if c not in pinned_set]
     pool = ScoredPool(ids, len(pinned))
     pool.diagnostics = {"candidates": len(ids) - len(pinned), "pinned": len(pinned)}
+    if rnd.round == 0 and ctx.cfg.validation_size:
+        # Drawn before anything reads the pool to train (a cold-start pre-training), so
+        # that the validation images stay out of training; SELECT freezes this draw.
+        rest = ids[len(pinned) :]
+        order = _validation_order(ctx.rng(rnd, "select"), rest)
+        pool.validation = ctx.readable(order, min(ctx.cfg.validation_size, len(rest)))
     trained = bool(rnd.metrics.get("trained"))
     strategy = plan.strategy_for(trained)
     model = None
@@ -135,7 +164,11 @@ def score(ctx: RoundContext, rnd: Round) -> None:
             ctx.state.set_phase(rnd.round, Phase.TRAIN)
             return
     elif strategy.needs_embeddings:
-        # Embeddings of the initial model: pretrained when the user gave weights.
+        # Embeddings of the initial model: pretrained when the user gave weights, and
+        # self-supervised on the pool when the learner pre-trains (``learning.selfsup``).
+        info = _pretrain(ctx, rnd, _unlabeled(ctx, rnd, frozenset(pool.validation or ())))
+        if info is not None:
+            pool.diagnostics["pretrain"] = info
         model = ctx.learner.init_model(ctx.classes, seed=ctx.cfg.seed)
     if model is not None:
         t0 = time.perf_counter()
@@ -197,6 +230,11 @@ def _score_labeled(
     ).outputs
 
 
+def _validation_order(rng: np.random.Generator, rest: list[str]) -> list[str]:
+    """The candidates in the order the validation split takes readable ones from."""
+    return [rest[i] for i in rng.permutation(len(rest))]
+
+
 def select(ctx: RoundContext, rnd: Round) -> None:
     """Validation split (round 0), pinned items, then the strategy's picks; frozen."""
     pool = ctx.scored.get(rnd.round)
@@ -209,8 +247,8 @@ def select(ctx: RoundContext, rnd: Round) -> None:
     pinned, rest = pool.ids[: pool.n_pinned], pool.ids[pool.n_pinned :]
     selected: list[SelectedItem] = []
     if rnd.round == 0 and ctx.cfg.validation_size:
-        n_val = min(ctx.cfg.validation_size, len(rest))
-        val_ids = ctx.readable([rest[i] for i in rng.permutation(len(rest))], n_val)
+        _validation_order(rng, rest)  # the draws SCORE made, so the rest match them
+        val_ids = pool.validation or []
         selected += [
             SelectedItem(i, item, "validation", None, None, None) for i, item in enumerate(val_ids)
         ]

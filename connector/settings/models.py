@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from connector.contracts.errors import ConfigError
+from connector.settings.model import ModelSettings
 from connector.settings.scoring import ScoringSettings
 
 
@@ -159,50 +160,6 @@ class LabelsSettings(_Section):
                 f"labels.map maps to {unknown}, which are not in labels.classes; add them"
             )
         return self
-
-
-class ModelSettings(_Section):
-    arch: str = Field(
-        "small_cnn", description="small_cnn, resnet18, mobilenet_v3_small, efficientnet_b0."
-    )
-    weights: str | None = Field(
-        None, description="torchvision weights name or a local weights file."
-    )
-    freeze_backbone: bool = Field(False, description="Train only the classifier head.")
-    image_size: int = Field(32, ge=8, le=1024, description="Input side in pixels.")
-    channels: int | None = Field(None, description="1 or 3; unset = from the images.")
-    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Head dropout (MC dropout).")
-    ensemble_size: int = Field(1, ge=1, le=16, description="Deep-ensemble members.")
-    mc_samples: int | None = Field(
-        None,
-        ge=1,
-        le=100,
-        description="MC-dropout passes K when scoring; unset = 20 for strategies that read "
-        "the disagreement between passes (bald, batchbald, ...), 1 for the others.",
-    )
-    epochs: int | None = Field(None, ge=1, description="Training epochs; unset = adaptive.")
-    batch_size: int | None = Field(None, ge=1, description="Training batch; unset = adaptive.")
-    learning_rate: float | None = Field(None, gt=0, description="Unset = the trainer's default.")
-    seed: int = Field(0, description="Seed of training and selection.")
-    semi_supervised: Literal["none", "fixmatch"] = Field(
-        "none",
-        description="Train on the unlabeled pool too: fixmatch = FixMatch consistency "
-        "(weak/strong views, confidence-thresholded pseudo-labels), pool images read from "
-        "the store each round, never cached; see docs/model.md.",
-    )
-    semi_threshold: float = Field(
-        0.8, gt=0.0, le=1.0, description="FixMatch: confidence a pseudo-label needs."
-    )
-    semi_ratio: int = Field(
-        3,
-        ge=1,
-        le=16,
-        description="FixMatch: unlabeled images per labeled image in a training step "
-        "(a step costs about 1 + 1.3 x this).",
-    )
-    semi_max_unlabeled: int = Field(
-        2000, ge=1, le=100_000, description="FixMatch: pool images read per training run."
-    )
 
 
 class StrategySettings(_Section):
@@ -398,6 +355,10 @@ class Settings(BaseModel):
 
     def cache_dir(self) -> Path:
         return self.state.dir / "cache"
+
+    def encoder_path(self) -> Path:
+        """The self-supervised encoder (``model.pretrain``), rewritten at each refresh."""
+        return self.state.dir / "encoder" / "encoder.pt"
 
 
 def section_models() -> dict[str, type[BaseModel]]:

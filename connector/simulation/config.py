@@ -8,6 +8,7 @@ from typing import Any
 
 from connector.contracts.errors import ConfigError
 from connector.learning.model import ModelSpec
+from connector.learning.selfsup import PretrainConfig
 from connector.learning.semi import SemiConfig
 from connector.learning.training import TrainConfig
 from connector.rounds.plan import check_cold_start, check_coupled, check_strategy, mc_samples_for
@@ -50,6 +51,8 @@ class SimulationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: Training on the unlabeled pool (``--semi-supervised``); off by default.
     semi: SemiConfig = field(default_factory=SemiConfig)
+    #: Self-supervised pre-training on the pool (``--pretrain``); off by default.
+    pretraining: PretrainConfig = field(default_factory=PretrainConfig)
     mc_samples: int | None = None
     max_candidates: int | None = None
     full_data: bool = True

@@ -94,8 +94,12 @@ def recommend(result: dict[str, Any]) -> dict[str, Any]:
     if params:
         kv = (p.partition("=") for p in params.split(":"))
         settings += "\nparams = { " + ", ".join(f'{k} = "{v}"' for k, _, v in kv) + " }"
-    if mode != "supervised":
-        settings += f'\n\n[model]\nsemi_supervised = "{mode}"'
+    model = [f'semi_supervised = "{mode}"'] if mode != "supervised" else []
+    pretext = result.get("config", {}).get("pretraining", {}).get("pretext", "none")
+    if pretext != "none":  # every run of the simulation pre-trained so
+        model.append(f'pretrain = "{pretext}"')
+    if model:
+        settings += "\n\n[model]\n" + "\n".join(model)
     return {
         "strategy": strategy,
         "candidate": choice,

@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,19 +28,14 @@ from typing import Any
 
 import torch
 
-from connector.contracts.learner import ImageRef, Learner, Progress, UnlabeledPool
+from connector.contracts.learner import Learner
 from connector.contracts.ports import ObjectStore
-from connector.learning.images import DecodeMemo
-from connector.learning.model import ModelSpec
-from connector.learning.semi import SemiConfig
-from connector.learning.torch_learner import TorchLearner
-from connector.learning.trained import TrainedModel
-from connector.learning.training import TrainConfig
 from connector.rounds.context import OVERRIDE_BATCH, Ports
 from connector.rounds.engine import RoundEngine
 from connector.settings import Settings
 from connector.simulation.config import SimulationConfig, parse_strategy
 from connector.simulation.dataset import DatasetStore, LabeledDataset, dataset_keys
+from connector.simulation.learner import SimulationLearner
 from connector.simulation.metrics import aubc, labels_to_reach, sharp_drops, summarise
 from connector.simulation.oracle import OracleLabeling
 from connector.state import Phase, Round, StateDB
@@ -71,54 +66,6 @@ def oracle_engine(
     return RoundEngine(settings, ports, learner, classes), oracle
 
 
-class _SimulationLearner(TorchLearner):
-    """``TorchLearner`` that remembers its first-round fits, and decodes each image once.
-
-    Training is deterministic for a given labeled set and seed, and the paired design
-    makes the first trained round (on the ``initial`` labels) identical for every strategy
-    of a seed: such a fit that was already made in this process is returned again rather
-    than repeated (as the old simulation shared its initial model). Only those are kept,
-    so memory holds one model per seed, not one per round. Kept apart from the daemon's
-    learner, which never sees the same labeled set twice.
-    """
-
-    def __init__(
-        self, spec: ModelSpec, train: TrainConfig, initial: int, semi: SemiConfig | None = None
-    ) -> None:
-        super().__init__(spec, train, decode=DecodeMemo(), semi=semi or SemiConfig())
-        self._initial = initial
-        self._fits: dict[tuple[Any, ...], TrainedModel] = {}
-
-    def fit(
-        self,
-        images: Sequence[ImageRef],
-        labels: Sequence[int],
-        classes: Sequence[str],
-        *,
-        seed: int,
-        progress: Progress | None = None,
-        unlabeled: UnlabeledPool | None = None,
-        trains: str | None = None,
-    ) -> TrainedModel:
-        if len(images) != self._initial:
-            return super().fit(
-                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled,
-                trains=trains,
-            )  # fmt: skip
-        # A coupled strategy's first model is its own (trained with its networks).
-        key = (tuple(str(i) for i in images), tuple(labels), tuple(classes), seed, trains)
-        if key not in self._fits:
-            self._fits[key] = super().fit(
-                images, labels, classes, seed=seed, progress=progress, unlabeled=unlabeled,
-                trains=trains,
-            )  # fmt: skip
-        return self._fits[key]
-
-    def supervised(self) -> TorchLearner:
-        """The same learner without the unlabeled pool (sharing the decoded images)."""
-        return TorchLearner(self.spec, self.train_config, self.batch_size, self.decode)
-
-
 @dataclass
 class _Job:
     dataset: LabeledDataset
@@ -126,12 +73,14 @@ class _Job:
     events: Any = None  # a multiprocessing queue in workers, None inline
     #: One learner per process, shared by its runs (built on first use, so a job sent to a
     #: worker process carries none).
-    _learner: _SimulationLearner | None = field(default=None, repr=False)
+    _learner: SimulationLearner | None = field(default=None, repr=False)
 
-    def learner(self) -> _SimulationLearner:
+    def learner(self) -> SimulationLearner:
         if self._learner is None:
             cfg = self.cfg
-            self._learner = _SimulationLearner(cfg.spec, cfg.train, cfg.initial, cfg.semi)
+            self._learner = SimulationLearner(
+                cfg.spec, cfg.train, cfg.initial, cfg.semi, cfg.pretraining
+            )
         return self._learner
 
 
@@ -184,6 +133,7 @@ def _run(
         budget = min(cfg.budget, len(keys) - cfg.validation_size(len(keys)))
         settings = _settings(job, seed, strategy, Path(tmp))
         learner = job.learner()
+        learner.encoder_path = Path(tmp) / "encoder" / "encoder.pt"
         engine, oracle = oracle_engine(settings, DatasetStore(root, keys), truth, learner)
         state = engine.state
         engine.ctx.plots = False
