@@ -277,8 +277,10 @@ def simulate_cmd(
             workers=workers,
             pretraining=PretrainConfig(
                 pretext=pretrain,  # type: ignore[arg-type]  # click.Choice checked it
-                **(
-                    {} if pretrain_every_rounds is None else {"every_rounds": pretrain_every_rounds}
+                every_rounds=(
+                    PretrainConfig.every_rounds
+                    if pretrain_every_rounds is None
+                    else pretrain_every_rounds
                 ),
             ),
         )

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from connector.contracts.errors import ConfigError
+from connector.learning.device import DEVICES
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class TrainConfig:
         patience: evaluations on the holdout without improvement before stopping (the
             holdout is evaluated about 15 times per run).
         class_weighting: ``"balanced"`` weights the loss by inverse class frequency.
+        device: ``"auto"`` (a CUDA GPU when torch sees one), ``"cpu"`` or ``"cuda"``
+            (``learning.device``).
     """
 
     epochs: int | None = None
@@ -49,8 +52,11 @@ class TrainConfig:
     min_steps: int = 150
     max_steps: int = 600
     backbone_lr_scale: float = 0.1
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.class_weighting not in ("balanced", "none"):
             raise ConfigError(
                 f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}"

@@ -40,6 +40,7 @@ from torch import nn
 
 from connector.contracts.errors import CheckpointError, ConfigError
 from connector.files import atomic_write
+from connector.learning.device import training_device
 from connector.learning.images import channel_stats
 from connector.learning.model import ModelSpec, build_model
 from connector.learning.pretext import PRETEXTS, Pretext, check_pretext
@@ -65,6 +66,7 @@ class PretrainConfig:
         temperature: NT-Xent temperature.
         lr: peak learning rate (AdamW, warm-up then cosine).
         projection_dim: output size of the projection MLP (thrown away after training).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``learning.device``).
     """
 
     pretext: Pretext = "none"
@@ -75,6 +77,7 @@ class PretrainConfig:
     temperature: float = 0.2
     lr: float = 2e-3
     projection_dim: int = 64
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.pretext not in PRETEXTS:
@@ -194,10 +197,6 @@ class Encoder:
         return self.state
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def pretrain_encoder(
     x_N_C_H_W: torch.Tensor,
     spec: ModelSpec,
@@ -221,7 +220,7 @@ def pretrain_encoder(
             f"self-supervised pre-training needs at least 2 readable pool images, got {n}; "
             "add images to the bucket, or set model.pretrain = 'none'"
         )
-    dev = _device()
+    dev = training_device(cfg.device)
     t0 = time.perf_counter()
     mean, std = channel_stats(x_N_C_H_W)
     with torch.random.fork_rng(devices=[]):

@@ -190,8 +190,9 @@ class FixMatch:
         n = min(m, self.cfg.ratio * batch_size)
         idx = torch.randint(m, (n,), generator=generator)
         xu = to_float(self.x_unl[idx], mean, std)
-        weak = random_affine(xu, generator, hflip=self.hflip)
-        strong = strong_augment(xu, generator, hflip=self.hflip)
+        dev = next(model.parameters()).device  # views drawn on the CPU, run on the model's
+        weak = random_affine(xu, generator, hflip=self.hflip).to(dev)
+        strong = strong_augment(xu, generator, hflip=self.hflip).to(dev)
         with torch.no_grad():
             logits_weak = model(weak)
         loss, mask = fixmatch_loss(logits_weak, model(strong), self.cfg.threshold)

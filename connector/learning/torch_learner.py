@@ -71,7 +71,7 @@ class TorchLearner:
             dropout=m.dropout,
             ensemble_size=m.ensemble_size,
         )
-        overrides: dict[str, Any] = {"seed": m.seed}
+        overrides: dict[str, Any] = {"seed": m.seed, "device": m.device}
         if m.epochs is not None:
             overrides["epochs"] = m.epochs
         if m.batch_size is not None:
@@ -83,6 +83,7 @@ class TorchLearner:
             every_rounds=m.pretrain_every_rounds,
             steps=m.pretrain_steps,
             max_unlabeled=m.pretrain_max_unlabeled,
+            device=m.device,
         )
         return cls(
             spec,

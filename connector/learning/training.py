@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from connector.contracts.errors import BadItem
 from connector.learning.coupled import Coupling, StepHook
+from connector.learning.device import training_device
 from connector.learning.evaluation import evaluate, evaluate_predictions
 from connector.learning.images import (
     Decoder,
@@ -76,9 +77,16 @@ ExtraLoss = Callable[[Classifier, int, torch.Tensor, torch.Tensor, torch.Generat
 def _eval_logits(
     model: Classifier, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
+    """Logits (on the CPU) of decoded images, in batches on the model's device."""
     model.eval()
+    dev = next(model.parameters()).device
     with torch.inference_mode():
-        out = torch.cat([model(to_float(x[i : i + 512], mean, std)) for i in range(0, len(x), 512)])
+        out = torch.cat(
+            [
+                model(to_float(x[i : i + 512], mean, std).to(dev)).cpu()
+                for i in range(0, len(x), 512)
+            ]
+        )
     return out
 
 
@@ -105,12 +113,15 @@ def _fit_member(
     replaces the planned step count; ``hook`` (a training-coupled method) runs each
     batch's forward pass and adds its loss; ``encoder`` initialises the backbone."""
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    # Coupled networks keep CPU tensors: with them the run stays on the CPU.
+    dev = training_device(cfg.device, coupled=hook is not None)
+    with torch.random.fork_rng(devices=[0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)  # seeds CUDA too (dropout on the GPU), inside the fork
         model = build_model(spec, num_classes, data_channels)
         if encoder is not None:
             model.backbone.load_state_dict(encoder.backbone_for(spec))
-        gen = torch.Generator().manual_seed(seed)
+        model.to(dev)
+        gen = torch.Generator().manual_seed(seed)  # batches and augmentation: on the CPU
         bs, planned = plan_schedule(len(x), cfg)
         steps = steps or planned
         head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
@@ -128,7 +139,9 @@ def _fit_member(
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=max_lr, total_steps=steps, pct_start=0.15
         )
-        weights = class_weights(y, num_classes) if cfg.class_weighting == "balanced" else None
+        weights = (
+            class_weights(y, num_classes).to(dev) if cfg.class_weighting == "balanced" else None
+        )
         eval_every = max(1, steps // 15)
         best: tuple[float, float] = (-1.0, math.inf)
         best_state: dict[str, torch.Tensor] | None = None
@@ -140,9 +153,10 @@ def _fit_member(
             xb = to_float(x[idx], mean, std)
             if cfg.augment:
                 xb = random_affine(xb, gen, hflip=cfg.hflip)
-            logits, extra = hook.forward(model, xb, y[idx], step, steps) if hook else (model(xb), 0)
+            xb, yb = xb.to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
+            logits, extra = hook.forward(model, xb, yb, step, steps) if hook else (model(xb), 0)
             loss = extra + F.cross_entropy(
-                logits, y[idx], weight=weights, label_smoothing=cfg.label_smoothing
+                logits, yb, weight=weights, label_smoothing=cfg.label_smoothing
             )
             if extra_loss is not None:
                 loss = loss + extra_loss(model, len(idx), mean, std, gen)
@@ -173,8 +187,9 @@ def _fit_member(
                         break
         if best_state is not None:
             model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()  # checkpoints and scoring take CPU models
     info: dict[str, Any] = {
+        "device": dev.type,
         "seed": seed,
         "batch_size": bs,
         "steps_planned": steps,

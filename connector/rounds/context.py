@@ -138,7 +138,8 @@ class EngineConfig:
             max_phase_attempts=r.max_phase_attempts,
             retry_backoff_seconds=r.retry_backoff_seconds,
             rounds_dir=settings.rounds_dir(),
-            model_identity=settings.model.model_dump(mode="json"),
+            # Where it trains does not name the model: a move to a GPU keeps the versions.
+            model_identity=settings.model.model_dump(mode="json", exclude={"device"}),
             label_map=dict(settings.labels.map),
         )
 

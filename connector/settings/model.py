@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from connector.contracts.errors import ConfigError
+from connector.learning.device import check_device
 from connector.learning.pretext import check_pretext
 
 
@@ -82,10 +83,18 @@ class ModelSettings(BaseModel):
         4000, ge=2, le=1_000_000, description="Pool images read per pre-training."
     )
 
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where training and pre-training run: auto = a CUDA GPU when torch "
+        "sees one, else the CPU; cuda = a GPU or a start-up error. Scoring and the "
+        "training-coupled strategies' networks stay on the CPU.",
+    )
+
     @model_validator(mode="after")
-    def _pretext_fits(self) -> ModelSettings:
+    def _fits_the_machine_and_images(self) -> ModelSettings:
         try:
             check_pretext(self.pretrain, self.channels)
+            check_device(self.device)
         except ConfigError as exc:  # a ValueError, for pydantic to report
             raise ValueError(str(exc)) from None
         return self
