@@ -152,7 +152,7 @@ def test_the_encoder_file_round_trips_and_a_partial_one_is_refused(
     assert all(torch.equal(back.state[k], encoder.state[k]) for k in encoder.state)
     assert not back.fits(ModelSpec(image_size=16, width=16))
     path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(CheckpointError, match="delete it and it is pre-trained again"):
+    with pytest.raises(CheckpointError, match="it is pre-trained again at the next training"):
         load_encoder(path)
 
 
@@ -233,6 +233,11 @@ def test_the_learner_pre_trains_when_due_and_starts_every_model_from_the_encoder
     assert learner.pretrain(ListPool(raw[40:]), round=3, seed=3)["continued"] is True
     model = learner.fit(raw[:40], [int(v) for v in labels[:40]], classes, seed=0)
     assert model.history["encoder"]["round"] == 3
+    # A partial encoder file is not used: pre-training is due again, and overwrites it.
+    assert learner.encoder_path is not None
+    learner.encoder_path.write_bytes(learner.encoder_path.read_bytes()[:500])
+    assert learner.encoder() is None and learner.pretrain_due(4)
+    assert learner.pretrain(ListPool(raw[40:]), round=4, seed=4)["continued"] is False
     # Pre-training off: nothing due, no encoder used even if a file is there.
     off = TorchLearner(SPEC, TrainConfig(), encoder_path=learner.encoder_path)
     assert not off.pretrain_due(0) and off.encoder() is None

@@ -311,7 +311,7 @@ def load_encoder(path: Path) -> Encoder:
     except Exception as exc:
         raise CheckpointError(
             f"{path} is not a readable al-connector encoder ({type(exc).__name__}: {exc}); "
-            "delete it and it is pre-trained again at the next round"
+            "it is pre-trained again at the next training (or delete it)"
         ) from None
     prefix = "backbone."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from connector.contracts.errors import ConfigError
+from connector.contracts.errors import CheckpointError, ConfigError
 from connector.contracts.learner import ImageRef, Progress, Scored, UnlabeledPool
 from connector.learning.checkpoints import load_checkpoint, save_checkpoint
 from connector.learning.coupled import COUPLED, Coupling
@@ -110,7 +110,11 @@ class TorchLearner:
             return None
         stamp = path.stat().st_mtime_ns
         if self._encoder is None or self._encoder[:2] != (path, stamp):
-            self._encoder = (path, stamp, load_encoder(path))
+            try:
+                self._encoder = (path, stamp, load_encoder(path))
+            except CheckpointError as exc:  # partial or foreign: pre-trained again
+                log.warning("%s", exc)
+                return None
         encoder = self._encoder[2]
         return encoder if encoder.fits(self.spec) else None
 
