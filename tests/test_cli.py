@@ -111,3 +111,32 @@ def test_demo_prints_its_stopping_signals_in_words() -> None:
     assert flat.startswith("validation accuracy has plateaued")
     for text in (few, improving, flat):
         assert "{" not in text and "True" not in text and "_" not in text, text
+
+
+def test_a_ctrl_c_dropped_during_the_demo_set_up_still_stops_it() -> None:
+    """Python drops an exception raised where it cannot propagate (a ``__del__`` run by
+    the garbage collector): the demo's handler remembers the Ctrl-C, so the next step of
+    the set-up, or the daemon as it takes the signals over, stops the demo anyway."""
+    import signal
+
+    from connector.devtools.demo import _CtrlC, _DemoDaemon
+    from connector.settings import Settings
+
+    ctrl_c = _CtrlC()
+    ctrl_c.check()  # nothing pressed: the set-up goes on
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c(signal.SIGINT, None)  # the handler raises, and a __del__ would drop it
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.check()  # the next step of the set-up raises it again
+    stopped: list[bool] = []
+    daemon = _DemoDaemon(
+        Settings(), None,  # type: ignore[arg-type]  # the engine is not used here
+        stop_now=lambda: stopped.append(True), pressed=lambda: ctrl_c.pressed,
+    )  # fmt: skip
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        daemon._install_signals()
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert stopped == [True]

@@ -92,6 +92,28 @@ class SimulatedAnnotator(threading.Thread):
                 self.stop_event.wait(self.delay_s)
 
 
+class _CtrlC:
+    """The demo's SIGINT/SIGTERM handler until the rounds start: raise KeyboardInterrupt
+    (which unwinds the set-up, stopping the servers started so far) and remember it.
+
+    Python drops an exception raised where it cannot propagate (a ``__del__`` that the
+    garbage collector ran in the middle of the set-up, say), so a Ctrl-C could vanish:
+    the sweep behind issue 15's CI failure saw one demo run on after it. ``check`` raises
+    again at each step of the set-up, so a dropped one still stops the demo.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
 @dataclass
 class _DemoDaemon(Daemon):
     """The daemon with the demo's signal policy. A person pressing Ctrl-C in a demo wants
@@ -99,6 +121,8 @@ class _DemoDaemon(Daemon):
     the daemon's own two-stage stop would wait for a training run to finish."""
 
     stop_now: Callable[[], object] = field(default=lambda: None)
+    #: Whether a Ctrl-C came during the set-up (``_CtrlC.pressed``).
+    pressed: Callable[[], bool] = field(default=lambda: False)
 
     def _install_signals(self) -> None:
         def handle(signum: int, frame: FrameType | None) -> None:
@@ -106,6 +130,8 @@ class _DemoDaemon(Daemon):
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
+        if self.pressed():  # one that came as the handlers changed hands
+            self.stop_now()
 
 
 def run_demo(
@@ -130,10 +156,13 @@ def run_demo(
     bin_path = find_label_studio(label_studio_bin)
     root = Path(tempfile.mkdtemp(prefix="al-demo-")) if workdir is None else workdir
     root.mkdir(parents=True, exist_ok=True)
+    ctrl_c = _CtrlC()
     with ExitStack() as stack:
         # SIGTERM as Ctrl-C: either unwinds this stack, which stops every server started.
         stack.callback(signal.signal, signal.SIGTERM, signal.getsignal(signal.SIGTERM))
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        stack.callback(signal.signal, signal.SIGINT, signal.getsignal(signal.SIGINT))
+        signal.signal(signal.SIGTERM, ctrl_c)
+        signal.signal(signal.SIGINT, ctrl_c)
         _log_to_file(root / "demo.log", verbose)
         # The folder is kept: the report, plots and log it ends by pointing at live there.
         click.echo(f"demo folder: {root}")
@@ -165,6 +194,7 @@ def run_demo(
         ls = start_label_studio(bin_path, root / "label-studio", template_dir=template)
         stack.callback(ls.stop)
         click.echo(f"Label Studio on {ls.url} (log: {ls.log_path})")
+        ctrl_c.check()
 
         settings = Settings(
             **{
@@ -197,15 +227,20 @@ def run_demo(
             }
         )
         app = build_app(settings)
+        ctrl_c.check()
         annotator = SimulatedAnnotator(
             app.engine.ports.labeling, truth, skip_rate=skip_rate, delay_s=delay
         )
         annotator.start()
         stack.callback(annotator.stop_event.set)
         daemon = _DemoDaemon(
-            settings, app.engine, stop_now=lambda: _stop_now(stack, root, annotator)
+            settings,
+            app.engine,
+            stop_now=lambda: _stop_now(stack, root, annotator),
+            pressed=lambda: ctrl_c.pressed,
         )
         baseline = _random_baseline(settings, pool_dir, truth, root / "baseline")
+        ctrl_c.check()
         monitor = threading.Thread(
             target=_monitor, args=(daemon, annotator, baseline, rounds), daemon=True
         )
