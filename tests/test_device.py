@@ -68,3 +68,20 @@ def test_the_setting_reaches_training_and_the_run_records_its_device() -> None:
     assert model.history["members"][0]["device"] == expected
     # Whatever it trained on, the model comes back on the CPU (checkpoints, scoring).
     assert all(p.device.type == "cpu" for p in model.members[0].parameters())
+
+
+def test_check_says_where_training_runs_and_what_it_takes_from_the_pool(tmp_path: Path) -> None:
+    from connector.cli.main import main
+
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        f'[storage]\nkind = "local"\nlocal_root = "{tmp_path}"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n[label_studio]\nurl = "http://127.0.0.1:9"\n'
+        '[model]\ndevice = "cpu"\npretrain = "simclr_gray"\nsemi_supervised = "fixmatch"\n'
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(config)])
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("ok   training"))
+    assert line == (
+        "ok   training: small_cnn, 32 px, on cpu (model.device = 'cpu'); fixmatch on up to "
+        "2000 pool images a run; simclr_gray pre-training (300 steps, every 5 rounds)"
+    ), result.output

@@ -137,6 +137,7 @@ def check(config_path: Path | None) -> None:
     if labeling is not None:
         click.echo(f"     classes: {', '.join(classes_for(settings, labeling))}")
     report("state dir", lambda: _check_state_dir(settings))
+    report("training", lambda: _describe_training(settings))
     report("scoring engine", lambda: _check_scoring(settings))
     if store is None or labeling is None or problems:
         sys.exit(1)
@@ -146,6 +147,22 @@ def _describe_plan(settings: Settings) -> str:
     from connector.rounds.plan import resolve_plan
 
     return resolve_plan(settings).describe()
+
+
+def _describe_training(settings: Settings) -> str:
+    """The model, where it trains, and what it takes from the unlabeled pool."""
+    from connector.learning.device import training_device
+
+    m = settings.model
+    device = training_device(m.device).type
+    pool = []
+    if m.semi_supervised != "none":
+        pool.append(f"{m.semi_supervised} on up to {m.semi_max_unlabeled} pool images a run")
+    if m.pretrain != "none":
+        every = f"every {m.pretrain_every_rounds} rounds" if m.pretrain_every_rounds else "once"
+        pool.append(f"{m.pretrain} pre-training ({m.pretrain_steps} steps, {every})")
+    uses = "; ".join(pool) or "labels only"
+    return f"{m.arch}, {m.image_size} px, on {device} (model.device = {m.device!r}); {uses}"
 
 
 def _describe_store(store: Any) -> str:
