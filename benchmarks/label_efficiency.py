@@ -2,12 +2,15 @@
 
     .venv/bin/python -m benchmarks.label_efficiency                  # both datasets, 3 seeds
     .venv/bin/python -m benchmarks.label_efficiency --quick          # 1 seed, tiny budget
-    .venv/bin/python -m benchmarks.label_efficiency --strategies lossnet,vaal
+    .venv/bin/python -m benchmarks.label_efficiency --strategies loss_prediction,vaal
+    .venv/bin/python -m benchmarks.label_efficiency --modes none,ssl    # SimCLR, TypiClust
 
 Every configuration is an ``al-connector simulate`` run (``run_simulation``: the daemon's
-round engine), once supervised (``semi=none``) and once with FixMatch on the unlabeled
-pool (``semi=fixmatch``, ``connector.learning.semi``), with the same seeds, so the
-validation split, the initial labels and the model seeds are shared (a paired design).
+round engine), once per training mode (``--modes``): supervised (``none``), FixMatch on
+the unlabeled pool (``fixmatch``, ``connector.learning.semi``), SimCLR pre-training on
+the pool with a TypiClust cold start on its embeddings (``ssl``,
+``connector.learning.selfsup``), or both (``ssl+fixmatch``); with the same seeds, so the
+validation split and the model seeds are shared (a paired design).
 
 Datasets (nothing is downloaded: both ship inside PyPI packages):
 
