@@ -232,6 +232,25 @@ def build_app_when_up(
     )
 
 
+def check_unlabeled_pool(settings: Settings, store: S3Store | LocalStore) -> str:
+    """A training mode that reads the unlabeled pool (FixMatch, SimCLR pre-training) needs
+    images in the bucket: refused at start-up (``ConfigError`` with the fix) while it holds
+    none. Supervised training waits for images instead (docs/bad-input.md, row 1)."""
+    m = settings.model
+    pairs = (("semi_supervised", m.semi_supervised), ("pretrain", m.pretrain))
+    modes = [f"model.{key} = {value!r}" for key, value in pairs if value != "none"]
+    if not modes:
+        return "not used: the model trains on labels only"
+    if store.check().get("prefix_empty"):
+        off = " and ".join(f"{mode.split(' = ')[0]} = 'none'" for mode in modes)
+        raise ConfigError(
+            f"{' and '.join(modes)} train on unlabeled images, and {store.describe()} holds "
+            f"none yet; add images to the bucket first, or start with {off} and turn it on "
+            "once they are there"
+        )
+    return f"{' and '.join(modes)}: images in the bucket"
+
+
 @dataclass
 class App:
     settings: Settings
@@ -248,8 +267,9 @@ def build_app(settings: Settings, *, learner: Learner | None = None) -> App:
 
         learner = TorchLearner.from_settings(settings)
     check_learner(plan.build(), learner, setting="strategy.name")
-    state = StateDB(settings.db_path())
     store = open_store(settings)
+    check_unlabeled_pool(settings, store)
+    state = StateDB(settings.db_path())
     labeling, info = open_labeling(settings, state, store)
     classes = classes_for(settings, info)
     cache = LabeledCache(settings.cache_dir(), int(settings.state.cache_max_mb * 1_000_000))

@@ -249,3 +249,27 @@ def test_settings_turn_pre_training_on() -> None:
     assert learner.pretraining.pretext == "simclr_gray" and learner.pretraining.every_rounds == 0
     assert learner.encoder_path == Path("/x/encoder/encoder.pt")
     assert not TorchLearner.from_settings(Settings()).pretraining.enabled
+
+
+def test_a_pool_mode_with_no_image_in_the_bucket_is_refused_at_start_up(tmp_path: Path) -> None:
+    from connector.app import build_app, check_unlabeled_pool, open_store
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for model in ({"pretrain": "simclr_gray"}, {"semi_supervised": "fixmatch"}):
+        settings = Settings(
+            storage={"kind": "local", "local_root": str(pool)},
+            state={"dir": str(tmp_path / "state")},
+            model=model,
+        )
+        key = next(iter(model))
+        with pytest.raises(
+            ConfigError,
+            match=rf"add images to the bucket first, or start with model\.{key} = 'none'",
+        ):
+            build_app(settings)
+        assert not (tmp_path / "state").exists()  # refused before anything is written
+    (pool / "a.png").write_bytes(digit_png(digits_arrays()[0][0], size=16))
+    assert "images in the bucket" in check_unlabeled_pool(settings, open_store(settings))
+    supervised = Settings(storage={"kind": "local", "local_root": str(pool)})
+    assert "labels only" in check_unlabeled_pool(supervised, open_store(supervised))

@@ -112,7 +112,7 @@ def run(config_path: Path | None, once: bool) -> None:
 @config_option
 def check(config_path: Path | None) -> None:
     """Validate settings and reach every service; exit non-zero with the fix named."""
-    from connector.app import classes_for, open_labeling, open_store
+    from connector.app import check_unlabeled_pool, classes_for, open_labeling, open_store
 
     settings = _load(config_path)
     problems = 0
@@ -138,6 +138,8 @@ def check(config_path: Path | None) -> None:
         click.echo(f"     classes: {', '.join(classes_for(settings, labeling))}")
     report("state dir", lambda: _check_state_dir(settings))
     report("training", lambda: _describe_training(settings))
+    if store is not None:
+        report("unlabeled pool", lambda: check_unlabeled_pool(settings, open_store(settings)))
     report("scoring engine", lambda: _check_scoring(settings))
     if store is None or labeling is None or problems:
         sys.exit(1)
