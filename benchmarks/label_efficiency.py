@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--strategies", default="", help="extra strategies, comma-separated (e.g. vaal,waal)"
     )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="run random and the --strategies only, not random, margin and BADGE as well",
+    )
     parser.add_argument("--datasets", default="digits,mnist5k", help="digits, mnist5k")
     parser.add_argument(
         "--modes", default="none,fixmatch", help=f"comma-separated, of {', '.join(MODES)}"
@@ -236,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     args.modes = tuple(m for m in args.modes.split(",") if m)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     extra = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    strategies = BASE_STRATEGIES + tuple(s for s in extra if s not in BASE_STRATEGIES)
+    base = ("random",) if args.exact else BASE_STRATEGIES
+    strategies = base + tuple(s for s in extra if s not in base)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:

