@@ -92,6 +92,27 @@ class SimulatedAnnotator(threading.Thread):
                 self.stop_event.wait(self.delay_s)
 
 
+def _import_with_signals_held() -> None:
+    """Import what the rounds need (torch, the learner, Label Studio's SDK) with SIGINT
+    and SIGTERM held back.
+
+    A KeyboardInterrupt raised inside torch's import runs into its C++ module set-up,
+    which cannot pass it on: the process aborts (``terminate called after throwing an
+    instance of 'pybind11::error_already_set'``, seen in a Ctrl-C sweep of the demo) and
+    its servers are left behind. Held back, a Ctrl-C pressed meanwhile arrives once the
+    imports are done, in Python code, and stops the demo as usual.
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        import label_studio_sdk  # noqa: F401
+
+        import connector.learning.torch_learner
+        import connector.simulation  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _CtrlC:
     """The demo's SIGINT/SIGTERM handler until the rounds start: raise KeyboardInterrupt
     (which unwinds the set-up, stopping the servers started so far) and remember it.
@@ -172,6 +193,7 @@ def run_demo(
         truth = {w.key: w.label for w in written}
         click.echo(f"wrote {len(written)} digit PNGs; ground truth in {root / 'ground_truth.csv'}")
 
+        _import_with_signals_held()  # before any server starts: nothing to leave behind
         s3 = start_s3_server(root / "s3")
         stack.callback(s3.stop)
         bucket = "al-demo-pool"

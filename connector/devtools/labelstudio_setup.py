@@ -148,6 +148,9 @@ def init_label_studio(
                 f"`label-studio init` did not finish within {timeout_s:.0f}s; log tail:\n"
                 + log_tail(log_path)
             ) from None
+        except BaseException:  # a Ctrl-C: init runs in its own session, so stop it here
+            stop_process(proc, 5)
+            raise
     if rc != 0 or not (data_dir / "label_studio.sqlite3").exists():
         raise DevServerError(
             f"`label-studio init` failed (exit {rc}); log tail:\n" + log_tail(log_path)
