@@ -273,3 +273,22 @@ def test_a_pool_mode_with_no_image_in_the_bucket_is_refused_at_start_up(tmp_path
     assert "images in the bucket" in check_unlabeled_pool(settings, open_store(settings))
     supervised = Settings(storage={"kind": "local", "local_root": str(pool)})
     assert "labels only" in check_unlabeled_pool(supervised, open_store(supervised))
+
+
+def test_a_torchvision_backbone_pre_trains_on_gray_images_and_fine_tunes_from_it(
+    pool: tuple[torch.Tensor, np.ndarray],
+) -> None:
+    """torchvision archs see 3 channels: a 1-channel view broadcasts over the
+    normalisation training uses (the pool's statistics, replicated), kept for the fit."""
+    from connector.learning.training import fit_tensors
+
+    spec = ModelSpec(arch="resnet18", image_size=16)
+    x, y = pool
+    cfg = PretrainConfig(pretext="simclr_gray", steps=2, batch_size=16)
+    encoder = pretrain_encoder(x[:64], spec, cfg, seed=0)
+    assert encoder.mean.shape == (3,) and encoder.data_channels == 1
+    model = fit_tensors(
+        x[:30], torch.as_tensor(y[:30]), [str(i) for i in range(10)], spec,
+        TrainConfig(min_steps=2, max_steps=2), encoder=encoder,
+    )  # fmt: skip
+    assert torch.equal(model.mean, encoder.mean) and model.history["encoder"]["steps"] == 2

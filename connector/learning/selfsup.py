@@ -44,6 +44,7 @@ from connector.learning.device import training_device
 from connector.learning.images import channel_stats
 from connector.learning.model import ModelSpec, build_model
 from connector.learning.pretext import PRETEXTS, Pretext, check_pretext
+from connector.learning.trained import normalisation
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ class Encoder:
     """A pre-trained backbone and what it was trained on.
 
     ``state`` is the backbone's ``state_dict`` (``Classifier.backbone``); ``mean``/``std``
-    the normalisation of its inputs (the pool sample's statistics); ``data_channels`` the
+    the normalisation of its inputs (``trained.normalisation`` of the pool sample's
+    statistics: what training uses); ``data_channels`` the
     images' channels; ``info`` how it was trained (round, pretext, steps, images, loss).
     """
 
@@ -222,13 +224,15 @@ def pretrain_encoder(
         )
     dev = training_device(cfg.device)
     t0 = time.perf_counter()
-    mean, std = channel_stats(x_N_C_H_W)
+    # The inputs are normalised as training will normalise them (ImageNet statistics
+    # for pretrained torchvision weights, the pool's own otherwise).
+    mean, std = normalisation(spec, *channel_stats(x_N_C_H_W))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone = build_model(spec, 2, c).backbone
+        model = build_model(spec, 2, c)
+        backbone, dim = model.backbone, model.feature_dim
         if init is not None:
             backbone.load_state_dict(init.backbone_for(spec))
-        dim = int(backbone(torch.zeros(2, spec.input_channels(c), 8, 8)).shape[1])
         proj = nn.Sequential(
             nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(), nn.Linear(dim, cfg.projection_dim)
         )
@@ -248,10 +252,9 @@ def pretrain_encoder(
     for step in range(1, cfg.steps + 1):
         idx = torch.randperm(n, generator=pick)[:bs].to(dev)
         x01 = x_all[idx].to(torch.float32).div_(255.0)
+        # A 1-channel view broadcasts over a 3-channel normalisation (torchvision archs).
         v1 = (simclr_views(x01, gen, colour=cfg.colour, hflip=hflip) - m) / s
         v2 = (simclr_views(x01, gen, colour=cfg.colour, hflip=hflip) - m) / s
-        if v1.shape[1] != spec.input_channels(c):  # torchvision archs see 3 channels
-            v1, v2 = v1.expand(-1, 3, -1, -1), v2.expand(-1, 3, -1, -1)
         loss = nt_xent(proj(backbone(v1)), proj(backbone(v2)), cfg.temperature)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pre-training loss became {loss.item()} at step {step}")

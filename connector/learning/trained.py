@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,9 @@ from connector.learning.coupled.base import CoupledModule
 from connector.learning.images import ImageSource, decode_many, to_float
 from connector.learning.masks import DropoutMasks
 from connector.learning.model import Classifier, ModelSpec, build_model
-from connector.learning.selfsup import Encoder
+
+if TYPE_CHECKING:
+    from connector.learning.selfsup import Encoder
 
 #: Normalisation of torchvision's ImageNet weights (RGB, 0..1 scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
