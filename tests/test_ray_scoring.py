@@ -31,7 +31,7 @@ from connector.learning.trained import TrainedModel
 from connector.learning.training import TrainConfig
 from connector.rounds.context import Ports
 from connector.rounds.engine import RoundEngine
-from connector.scoring import LocalScorer
+from connector.scoring import LocalScorer, ray_dispatch
 from connector.scoring.ray_engine import LOOPBACK_NODE_IP, RayScorer
 from connector.scoring.shards import ScoringError
 from connector.settings.scoring import ScoringSettings
@@ -173,20 +173,34 @@ def _is_worker(process: psutil.Process) -> bool:
 
 
 def test_a_worker_killed_mid_scoring_has_its_shards_retried(
-    ray_cluster: None, pool: tuple[S3Store, list[str]]
+    ray_cluster: None, pool: tuple[S3Store, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, keys = pool
     model = small_model()
     killed: list[int] = []
+    finished_by: list[str] = []  # ShardResult.worker ("pid@host") of each finished shard
+    take = ray_dispatch.Dispatch._take
+
+    def record(self: ray_dispatch.Dispatch, ref: Any) -> int:
+        shard = self.owner[ref][1]
+        n = take(self, ref)
+        if n and shard is not None:
+            finished_by.append(self.results[shard.index].worker)
+        return n
+
+    monkeypatch.setattr(ray_dispatch.Dispatch, "_take", record)
 
     def kill_a_worker(_what: str, done: int, _total: int) -> None:
-        # At the first finished shard, both workers hold shards: SIGKILL one of them.
+        # SIGKILL the worker whose shard just finished: it was fed two of the eight
+        # shards, so it still holds one. (Any worker would not do: the other one may not
+        # have started yet, and then holds none, as a loaded CI machine showed.)
         if killed:
             return
-        workers = [p for p in psutil.Process().children(recursive=True) if _is_worker(p)]
-        assert workers, "no Ray worker process found"
-        killed.append(workers[0].pid)
-        os.kill(workers[0].pid, signal.SIGKILL)
+        pid = int(finished_by[-1].split("@")[0])
+        workers = [p.pid for p in psutil.Process().children(recursive=True) if _is_worker(p)]
+        assert pid in workers, (pid, workers)
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
 
     scorer = ray_scorer(store)
     scored = scorer.score_keys(
