@@ -139,18 +139,18 @@ def simclr_views(
     centre = x.mean(dim=(1, 2, 3), keepdim=True)
     x = torch.where(jitter, ((x - centre) * contrast + centre) * bright, x)
     if colour and c == 3:
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(
-            dim=1, keepdim=True
-        )
+        weights = torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)
+
+        def luma(v: torch.Tensor) -> torch.Tensor:  # ITU-R 601 grey, [B, 1, H, W]
+            return (v * weights).sum(dim=1, keepdim=True)
+
         cjit = (rand(b) < 0.8).view(b, 1, 1, 1)
         sat = (2.0 * rand(b)).view(b, 1, 1, 1)
         gain = (0.8 + 0.4 * rand(b, 3)).view(b, 3, 1, 1)
+        gray = luma(x)
         x = torch.where(cjit, (gray + (x - gray) * sat) * gain, x)
         to_gray = (rand(b) < 0.2).view(b, 1, 1, 1)
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(
-            dim=1, keepdim=True
-        )
-        x = torch.where(to_gray, gray.expand(-1, 3, -1, -1), x)
+        x = torch.where(to_gray, luma(x).expand(-1, 3, -1, -1), x)
     return x.clamp(0.0, 1.0)
 
 
